@@ -1,0 +1,32 @@
+# Two entry points a newcomer types on a fresh machine (see README):
+#   make demo   set up, then run the whole path on the synthetic shapes world
+#   make test   set up, then run the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+# torch and torchvision are pinned: pip on Python 3.11 takes these two from the machine's disk.
+TORCH_PINS = torch==2.14.1 torchvision==0.29.1
+STAMP   = $(VENV)/.zscir-installed
+
+.PHONY: setup demo test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_PINS)
+	$(BIN)/python -m pip install -q -e '.[cpu,train,dev]' $(TORCH_PINS)
+	touch $(STAMP)
+
+demo: setup
+	PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/demo.sh
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache demo-out
