@@ -1,0 +1,6 @@
+"""`zscir-train`: the shapes world and the training commands. Each area registers its own commands."""
+
+import typer
+
+app = typer.Typer(help="Train zero-shot composed image retrieval models (LinCIR, Pic2Word, TAT) and build the shapes world.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False)
