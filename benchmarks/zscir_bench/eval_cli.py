@@ -1,0 +1,225 @@
+"""`zscir-eval`: one command per benchmark, evaluating a bundle or the PyTorch reference.
+
+    zscir-eval cirr --root data/cirr --bundle bundles/lincir-vitl14 --split test --out runs/eval
+    zscir-eval fashioniq --root data/fashion-iq --torch phi.safetensors --method slerp
+
+The commands parse and validate, build the encoder, and call `zscir_infer.eval`. The PyTorch branch
+(`--torch`, `--backbone`) imports zscir_train only when asked for, so the runtime path stays torch-free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from zscir_infer.eval import BENCHMARKS, Harness, MissingImagesError, run_benchmark, write_result
+from zscir_infer.eval.harness import DEFAULT_BATCH_SIZE
+
+HASH_CHUNK = 1 << 20
+EXIT_BAD_INPUT, EXIT_MISSING_IMAGES = 1, 2
+
+app = typer.Typer(
+    help="Evaluate a zscir bundle (or the PyTorch reference) on CIRR, CIRCO, FashionIQ, GeneCIS and ImageNet-R "
+    "in their official layouts and protocols.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+class Method(str, Enum):
+    phi = "phi"
+    slerp = "slerp"
+    image = "image"
+    text = "text"
+    average = "average"
+
+
+Root = Annotated[
+    Path,
+    typer.Option("--root", help="The dataset folder, in the official layout.", exists=True, file_okay=False),
+]
+Bundle = Annotated[
+    Path | None,
+    typer.Option(
+        "--bundle", help="A zscir bundle (directory with manifest.json).", exists=True, file_okay=False
+    ),
+]
+TorchCkpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--torch",
+        help="A phi checkpoint (zscir or official) run with the PyTorch reference instead of a bundle.",
+        exists=True,
+        dir_okay=False,
+    ),
+]
+Backbone = Annotated[
+    str | None,
+    typer.Option(
+        "--backbone",
+        help="With --torch: the open_clip backbone, when the "
+        "checkpoint does not name it (official ones); alone: no phi (baselines, slerp).",
+    ),
+]
+Pretrained = Annotated[
+    str | None, typer.Option("--pretrained", help="With --backbone: open_clip tag or weights file.")
+]
+Split = Annotated[
+    str, typer.Option("--split", help="val, or test (CIRR test1, CIRCO test): writes submission files.")
+]
+MethodOpt = Annotated[Method, typer.Option("--method", help="phi (pseudo-token), slerp, or a baseline.")]
+Template = Annotated[
+    str | None,
+    typer.Option(
+        "--template",
+        help="Prompt with {placeholder} and {caption} ({domain} for imagenet-r); default: the paper's.",
+    ),
+]
+Out = Annotated[Path, typer.Option("--out", help="Where metrics, submissions and the gallery cache go.")]
+SkipMissing = Annotated[
+    bool,
+    typer.Option(
+        "--skip-missing",
+        help="Leave out queries and gallery images whose files are missing, and report how many.",
+    ),
+]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per encoder call.")]
+
+HELP = {
+    "cirr": "CIRR: Recall@{1,5,10,50} without the reference, subset Recall@{1,2,3}; test1 submission files.",
+    "circo": "CIRCO: mAP@{5,10,25,50} over the top 50; test submission file.",
+    "fashioniq": "FashionIQ: Recall@10/50 per category (dress, shirt, toptee) and their means (val).",
+    "genecis": "GeneCIS: Recall@{1,2,3} on its four tasks, per-query galleries, attribute crops.",
+    "imagenet-r": "ImageNet -> ImageNet-R domain conversion (cartoon, origami, toy, sculpture): Recall@10/50.",
+}
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def bundle_encoder(bundle: Path):
+    """The torch-free runtime on a bundle, keyed by its manifest (which holds every graph's sha256)."""
+    from zscir_infer import Runtime
+
+    return Runtime(bundle), f"bundle:{file_digest(bundle / 'manifest.json')}"
+
+
+def torch_encoder(ckpt: Path | None, backbone_name: str | None, pretrained: str | None):
+    """The PyTorch reference, from a phi checkpoint and/or a backbone; imported only here."""
+    from zscir_train.backbone import load_backbone
+    from zscir_train.checkpoint import check_dims, load_phi_checkpoint
+    from zscir_train.reference import TorchReference
+
+    phi, meta = load_phi_checkpoint(ckpt) if ckpt is not None else (None, None)
+    name = backbone_name or (meta.backbone_name if meta else None)
+    if name is None:
+        raise typer.BadParameter(f"{ckpt} does not name its backbone: pass --backbone (and --pretrained).")
+    pretrained = pretrained if backbone_name else (meta.backbone_pretrained if meta else pretrained)
+    backbone = load_backbone(name, pretrained)
+    if meta is not None:
+        check_dims(meta, backbone, ckpt)
+    weights = pretrained
+    if pretrained and Path(pretrained).is_file():
+        weights = file_digest(Path(pretrained))
+    key = f"torch:{name}:{weights}:{file_digest(ckpt) if ckpt else 'no-phi'}"
+    return TorchReference(backbone, phi, meta), key
+
+
+def print_result(result, paths: list[Path]) -> None:
+    table = Table(title=f"{result.benchmark} {result.split} — {result.method} ({result.num_queries} queries)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in result.metrics.items():
+        table.add_row(name, f"{value:.2f}")
+    if result.metrics:
+        console.print(table)
+    console.print(f"template: {result.template}")
+    for path in paths:
+        console.print(f"wrote {path}")
+
+
+def evaluate(
+    benchmark: str,
+    root: Path,
+    bundle: Path | None,
+    ckpt: Path | None,
+    backbone: str | None,
+    pretrained: str | None,
+    split: str,
+    method: Method,
+    template: str | None,
+    out: Path,
+    skip_missing: bool,
+    batch_size: int,
+) -> None:
+    if (bundle is None) == (ckpt is None and backbone is None):
+        raise typer.BadParameter("Pass exactly one of --bundle or --torch/--backbone.")
+    encoder, key = bundle_encoder(bundle) if bundle else torch_encoder(ckpt, backbone, pretrained)
+    harness = Harness(encoder, key, cache_dir=out / "cache", batch_size=batch_size, console=err_console)
+    try:
+        result = run_benchmark(
+            harness,
+            benchmark,
+            root,
+            split=split,
+            method=method.value,
+            template=template,
+            skip_missing=skip_missing,
+        )
+    except MissingImagesError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EXIT_MISSING_IMAGES) from exc
+    except (FileNotFoundError, ValueError) as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EXIT_BAD_INPUT) from exc
+    print_result(result, write_result(result, out))
+
+
+def benchmark_command(benchmark: str):
+    def command(
+        root: Root,
+        bundle: Bundle = None,
+        ckpt: TorchCkpt = None,
+        backbone: Backbone = None,
+        pretrained: Pretrained = None,
+        split: Split = "val",
+        method: MethodOpt = Method.phi,
+        template: Template = None,
+        out: Out = Path("runs/eval"),
+        skip_missing: SkipMissing = False,
+        batch_size: BatchSize = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        evaluate(
+            benchmark,
+            root,
+            bundle,
+            ckpt,
+            backbone,
+            pretrained,
+            split,
+            method,
+            template,
+            out,
+            skip_missing,
+            batch_size,
+        )
+
+    command.__doc__ = HELP[benchmark]
+    return command
+
+
+for _name in BENCHMARKS:
+    app.command(_name)(benchmark_command(_name))

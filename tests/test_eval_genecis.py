@@ -1,0 +1,73 @@
+"""GeneCIS: the reader (VG boxes, COCO ids), the attribute crop, per-query galleries and recall by hand."""
+
+# ruff: noqa: E741 -- `I` is FAISS's name for the [Q, K] ranking
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from zscir_infer.eval.genecis import TASKS, genecis_metrics, read_genecis, task_metrics, task_rankings
+from zscir_infer.eval.images import ImageRef, dilated_box, expand_to_square, load_image
+
+
+def test_reader(genecis_root):
+    data = read_genecis(genecis_root)
+    assert [t.name for t in data.tasks] == list(TASKS)
+    attr, obj = data.tasks[0], data.tasks[2]
+    q = attr.queries[0]
+    assert q.condition == "color" and q.reference.box == (10, 5, 20, 15)
+    assert q.reference.path == genecis_root / "VG_100K_all" / "2300.jpg"
+    assert obj.queries[0].target.path == genecis_root / "val2017" / "000000000140.jpg"
+    # the same VG image with another box is another gallery item; the same box is the same item
+    assert [ref.key for ref in attr.gallery] == [
+        "vg/2301@10,5,20,15",
+        "vg/2302@10,5,20,15",
+        "vg/2303@0,0,30,20",
+        "vg/2305@10,5,20,15",
+        "vg/2306@10,5,20,15",
+        "vg/2307@10,5,20,15",
+    ]
+
+
+def test_dilated_box_by_hand():
+    # box [x, y, w, h] = [30, 20, 20, 10] in 60 x 40: left = 30 - 14, top = 20 - 7,
+    # right = min(60, 16 + 1.7 * 20), bottom = min(40, 13 + 1.7 * 10)
+    assert dilated_box((30, 20, 20, 10), 60, 40) == pytest.approx((16, 13, 50, 30))
+    # near the corner the official code grows from the clipped left/top, not from the box
+    assert dilated_box((10, 5, 20, 15), 60, 40) == pytest.approx((0, 0, 34, 25.5))
+
+
+def test_crop_is_padded_to_a_centered_square(genecis_root):
+    ref = ImageRef("vg", genecis_root / "VG_100K_all" / "2300.jpg", (30, 20, 20, 10))
+    crop = load_image(ref)
+    assert crop.size == (34, 34) and crop.mode == "RGB"
+    with Image.open(ref.path) as im:
+        expected = im.convert("RGB").crop((16, 13, 50, 30))  # 34 x 17, pasted at y = (34 - 17) // 2
+    pixels = np.asarray(crop)
+    assert (pixels[:8] == 0).all() and (pixels[25:] == 0).all()
+    np.testing.assert_array_equal(pixels[8:25], np.asarray(expected))
+    gray = expand_to_square(Image.new("L", (4, 2), 200))
+    assert gray.size == (4, 4) and gray.getpixel((0, 0)) == 0 and gray.getpixel((0, 1)) == 200
+
+
+def test_per_query_gallery_rankings_and_recall_by_hand(genecis_root):
+    task = read_genecis(genecis_root).tasks[0]  # gallery items: 0 vg1, 1 vg2, 2 vg3', 3 vg5, 4 vg6, 5 vg7
+    # q0 ranks {0 target, 1, 2}: weights 1, 3, 2 -> 1, 2, 0: target third
+    # q1 ranks {3 target, 4, 5, 0}: weights 6, 1, 7, 5 -> 5, 3, 0: target second;
+    #   items 1 and 2 score 9 but are not in q1's gallery
+    xq = np.array([[1, 3, 2, 9, 9, 9], [5, 9, 9, 6, 1, 7]], dtype=np.float32)
+    xq /= np.linalg.norm(xq, axis=1, keepdims=True)
+    I = task_rankings(task, xq, np.eye(6, dtype=np.float32))
+    assert I.tolist() == [[1, 2, 0], [5, 3, 0]]
+    assert task_metrics(task, I) == pytest.approx({"R@1": 0.0, "R@2": 50.0, "R@3": 100.0})
+
+
+def test_average_over_tasks():
+    per = {t: {"R@1": 10.0 * i, "R@2": 20.0, "R@3": 30.0} for i, t in enumerate(TASKS)}
+    m = genecis_metrics(per)
+    assert m["change_object/R@1"] == 30.0 and m["avg/R@1"] == pytest.approx(15.0)
+
+
+def test_single_split(genecis_root):
+    with pytest.raises(ValueError, match="one split"):
+        read_genecis(genecis_root, "test")

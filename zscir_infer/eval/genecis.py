@@ -1,0 +1,150 @@
+"""GeneCIS (facebookresearch/genecis): reader and protocol for its four tasks.
+
+Layout: `genecis/{focus_attribute,change_attribute,focus_object,change_object}.json` (or the JSONs
+directly in ROOT), Visual Genome 1.2 images `VG_100K_all/{image_id}.jpg` for the attribute tasks and
+COCO val2017 images `val2017/{val_image_id:012d}.jpg` for the object tasks.
+
+Each sample is `{condition, reference, target, gallery[]}`; attribute images are
+`{image_id, instance_bbox: [x, y, w, h], ...}` and are cropped around the box (dilation 0.7) and
+padded to a square; object images are `{val_image_id}`. Protocol (genecis eval_functions.validate):
+each query ranks its own gallery, the target plus the distractors; Recall@{1,2,3} of the target.
+"""
+
+# ruff: noqa: E741 -- `I` is FAISS's name for the [Q, K] ranking of gallery indices
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from zscir_infer.eval.images import ImageRef
+from zscir_infer.eval.metrics import recall_at_k, search_subsets
+
+TASKS = ("focus_attribute", "change_attribute", "focus_object", "change_object")
+SPLITS = ("val",)
+RECALL_KS = (1, 2, 3)
+VG_DIR, COCO_DIR = "VG_100K_all", "val2017"
+JSON_DIRS = ("genecis", ".")
+
+
+@dataclass(frozen=True)
+class GenecisQuery:
+    reference: ImageRef
+    condition: str
+    target: ImageRef
+    distractors: tuple[ImageRef, ...]
+
+
+@dataclass(frozen=True)
+class GenecisTask:
+    name: str
+    queries: list[GenecisQuery]
+
+    @property
+    def gallery(self) -> list[ImageRef]:
+        """Every target and distractor image of the task, each once (encoded once, shared by queries)."""
+        refs = {ref.key: ref for q in self.queries for ref in (q.target, *q.distractors)}
+        return list(refs.values())
+
+    def references(self) -> list[ImageRef]:
+        return [q.reference for q in self.queries]
+
+    def image_refs(self) -> list[ImageRef]:
+        return [ref for q in self.queries for ref in (q.reference, q.target, *q.distractors)]
+
+    def without(self, missing: set[str]) -> tuple[GenecisTask, dict[str, int]]:
+        """Drop queries whose reference or target is missing, and missing distractors from the rest."""
+        kept = [q for q in self.queries if q.reference.key not in missing and q.target.key not in missing]
+        queries = [
+            replace(q, distractors=tuple(d for d in q.distractors if d.key not in missing)) for q in kept
+        ]
+        n_distractors = sum(len(q.distractors) for q in kept) - sum(len(q.distractors) for q in queries)
+        dropped = {"queries": len(self.queries) - len(queries), "gallery": n_distractors}
+        return GenecisTask(self.name, queries), dropped
+
+
+@dataclass(frozen=True)
+class GenecisSplit:
+    split: str
+    tasks: list[GenecisTask]
+
+    def image_refs(self) -> list[ImageRef]:
+        return [ref for t in self.tasks for ref in t.image_refs()]
+
+    def without(self, missing: set[str]) -> tuple[GenecisSplit, dict[str, int]]:
+        parts = [t.without(missing) for t in self.tasks]
+        dropped = {k: sum(d[k] for _, d in parts) for k in ("queries", "gallery")}
+        return GenecisSplit(self.split, [t for t, _ in parts]), dropped
+
+
+def attribute_image(root: Path, item: dict) -> ImageRef:
+    box = tuple(float(v) for v in item["instance_bbox"])
+    key = f"vg/{item['image_id']}@{','.join(f'{v:g}' for v in box)}"
+    return ImageRef(key, root / VG_DIR / f"{item['image_id']}.jpg", box)
+
+
+def object_image(root: Path, item: dict) -> ImageRef:
+    image_id = int(item["val_image_id"])
+    return ImageRef(f"coco/{image_id}", root / COCO_DIR / f"{image_id:012d}.jpg")
+
+
+def _task_file(root: Path, task: str) -> Path:
+    paths = [root / d / f"{task}.json" for d in JSON_DIRS]
+    path = next((p for p in paths if p.is_file()), None)
+    if path is None:
+        raise FileNotFoundError(
+            f"No GeneCIS file for {task}: expected {paths[0]} (or {paths[1]}); download the GeneCIS "
+            "JSONs (github.com/facebookresearch/genecis) there."
+        )
+    return path
+
+
+def read_task(root: Path, task: str) -> GenecisTask:
+    image = attribute_image if "attribute" in task else object_image
+    samples = json.loads(_task_file(root, task).read_text())
+    queries = [
+        GenecisQuery(
+            reference=image(root, s["reference"]),
+            condition=s["condition"],
+            target=image(root, s["target"]),
+            distractors=tuple(image(root, g) for g in s["gallery"]),
+        )
+        for s in samples
+    ]
+    return GenecisTask(task, queries)
+
+
+def read_genecis(root: str | Path, split: str = "val", tasks: tuple[str, ...] = TASKS) -> GenecisSplit:
+    if split not in SPLITS:
+        raise ValueError(f"GeneCIS has one split, 'val' (got '{split}').")
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise ValueError(f"Unknown GeneCIS task(s) {unknown}: choose from {TASKS}.")
+    return GenecisSplit(split, [read_task(Path(root), t) for t in tasks])
+
+
+def task_rankings(task: GenecisTask, xq: np.ndarray, xb: np.ndarray) -> np.ndarray:
+    """I [Q, 3] over each query's own gallery (target first, then distractors); indices into task.gallery."""
+    index_of = {ref.key: i for i, ref in enumerate(task.gallery)}
+    subsets = [
+        np.array([index_of[r.key] for r in (q.target, *q.distractors)], dtype=np.int64) for q in task.queries
+    ]
+    _, I = search_subsets(xq, xb, subsets, max(RECALL_KS))
+    return I
+
+
+def task_metrics(task: GenecisTask, I: np.ndarray) -> dict[str, float]:
+    index_of = {ref.key: i for i, ref in enumerate(task.gallery)}
+    targets = np.array([index_of[q.target.key] for q in task.queries], dtype=np.int64)
+    return {f"R@{k}": v for k, v in recall_at_k(I, targets, RECALL_KS).items()}
+
+
+def genecis_metrics(per_task: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Per-task R@{1,2,3} flattened as `focus_attribute/R@1`, and their means over tasks `avg/R@k`."""
+    metrics = {f"{t}/{name}": v for t, m in per_task.items() for name, v in m.items()}
+    for k in RECALL_KS:
+        metrics[f"avg/R@{k}"] = float(np.mean([m[f"R@{k}"] for m in per_task.values()]))
+    return metrics

@@ -1,0 +1,298 @@
+"""Run a benchmark with any encoder that has the runtime's interface, and write what it gives.
+
+The encoder (`zscir_infer.Runtime` on a bundle, or the PyTorch reference) provides
+`encode_images(list of PIL images) -> [N, D]`, `encode_queries(list of (image, text), method=...,
+template=...) -> [Q, D]` (normalized float32) and `placeholder`. The gallery is encoded once and cached
+on disk; queries are encoded in batches; rankings come from exact FAISS search and the metrics from
+the benchmark modules, which can also be called directly with precomputed features or rankings.
+"""
+
+# ruff: noqa: E741 -- `I` is FAISS's name for the [Q, K] ranking of gallery indices
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from zscir_infer.atomic import atomic_path, atomic_write_json
+from zscir_infer.eval import circo, cirr, fashioniq, genecis, imagenet_r
+from zscir_infer.eval.images import ImageRef, describe_missing, find_missing, load_image
+from zscir_infer.eval.templates import (
+    PHI_METHODS,
+    check_template,
+    default_template,
+    fashioniq_orders,
+    phi_template,
+    plain_text,
+    prompt_style,
+)
+
+BENCHMARKS = ("cirr", "circo", "fashioniq", "genecis", "imagenet-r")
+READERS = {
+    "cirr": cirr.read_cirr,
+    "circo": circo.read_circo,
+    "fashioniq": fashioniq.read_fashioniq,
+    "genecis": genecis.read_genecis,
+    "imagenet-r": imagenet_r.read_imagenet_r,
+}
+DEFAULT_BATCH_SIZE = 32
+DECODE_THREADS = 4  # Pillow decodes outside the GIL
+
+
+class MissingImagesError(FileNotFoundError):
+    """Image files the split needs are absent; the message lists them and the way out."""
+
+
+@dataclass
+class EvalResult:
+    benchmark: str
+    split: str
+    method: str
+    template: str
+    encoder: str  # the encoder's identity (bundle manifest hash or checkpoint hash)
+    num_queries: int
+    metrics: dict[str, float]
+    excluded: dict[str, int] = field(default_factory=dict)  # queries / gallery items / files skipped
+    submissions: dict[str, dict] = field(default_factory=dict, repr=False)  # test split files
+
+
+def gallery_digest(encoder_key: str, refs: Sequence[ImageRef]) -> str:
+    """Identity of a gallery's features: the encoder, and every image's key, crop, size and mtime."""
+    h = hashlib.sha256(encoder_key.encode())
+    for ref in refs:
+        stat = ref.path.stat()
+        h.update(f"\n{ref.key}\t{ref.path}\t{ref.box}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def cached_gallery_features(
+    encode: Callable[[Sequence[ImageRef]], np.ndarray],
+    refs: Sequence[ImageRef],
+    encoder_key: str,
+    cache_dir: Path | None,
+) -> np.ndarray:
+    """Gallery features [N, D], read from `cache_dir` (a .npy and a names JSON) or encoded and stored."""
+    if cache_dir is None:
+        return encode(refs)
+    stem = cache_dir / f"gallery-{gallery_digest(encoder_key, refs)[:20]}"
+    features, names = stem.with_suffix(".npy"), stem.with_suffix(".json")
+    keys = [ref.key for ref in refs]
+    if features.is_file() and names.is_file() and json.loads(names.read_text())["keys"] == keys:
+        return np.load(features)
+    xb = encode(refs)
+    with atomic_path(features) as tmp, open(tmp, "wb") as f:
+        np.save(f, xb)
+    atomic_write_json(names, {"encoder": encoder_key, "keys": keys})
+    return xb
+
+
+class Harness:
+    """Encodes galleries (cached) and composed queries (batched) for the benchmark runners."""
+
+    def __init__(
+        self,
+        encoder,
+        encoder_key: str,
+        cache_dir: str | Path | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        console: Console | None = None,
+    ):
+        self.encoder = encoder
+        self.encoder_key = encoder_key
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.batch_size = batch_size
+        self.console = console or Console(stderr=True)
+        self.placeholder = getattr(encoder, "placeholder", None)
+
+    def _image_batches(self, refs: Sequence[ImageRef], description: str):
+        """(start, decoded images) per batch of refs, with a progress bar."""
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with (
+            Progress(*columns, console=self.console, transient=True) as progress,
+            ThreadPoolExecutor(DECODE_THREADS) as pool,
+        ):
+            task = progress.add_task(description, total=len(refs))
+            for start in range(0, len(refs), self.batch_size):
+                images = list(pool.map(load_image, refs[start : start + self.batch_size]))
+                yield start, images
+                progress.advance(task, len(images))
+
+    def _encode_images(self, refs: Sequence[ImageRef]) -> np.ndarray:
+        parts = [self.encoder.encode_images(images) for _, images in self._image_batches(refs, "gallery")]
+        return np.concatenate(parts).astype(np.float32)
+
+    def gallery_features(self, refs: Sequence[ImageRef]) -> np.ndarray:
+        """Normalized features [N, D] of the gallery images, encoded once per encoder and image list."""
+        return cached_gallery_features(self._encode_images, refs, self.encoder_key, self.cache_dir)
+
+    def query_features(
+        self, refs: Sequence[ImageRef], captions: Sequence[str], template: str, method: str, domain: str = ""
+    ) -> np.ndarray:
+        """Normalized composed-query features [Q, D] for reference images and captions."""
+        if method in PHI_METHODS:
+            kwargs = {"template": phi_template(template, self.placeholder, domain)}
+            texts = list(captions)
+        else:
+            kwargs = {}
+            texts = [plain_text(template, caption=c, domain=domain) for c in captions]
+        parts = [
+            self.encoder.encode_queries(
+                list(zip(images, texts[start : start + len(images)], strict=True)), method=method, **kwargs
+            )
+            for start, images in self._image_batches(refs, f"queries ({method})")
+        ]
+        return np.concatenate(parts).astype(np.float32)
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _run_cirr(h: Harness, data: cirr.CirrSplit, method: str, template: str, style: str):
+    xb = h.gallery_features(data.gallery)
+    xq = h.query_features(data.references(), [q.caption for q in data.queries], template, method)
+    I, I_subset = cirr.cirr_rankings(data, xq, xb)
+    if data.has_targets:
+        return cirr.cirr_metrics(data, I, I_subset), {}
+    return {}, cirr.cirr_submissions(data, I, I_subset)
+
+
+def _run_circo(h: Harness, data: circo.CircoSplit, method: str, template: str, style: str):
+    xb = h.gallery_features(data.gallery)
+    xq = h.query_features(data.references(), [q.caption for q in data.queries], template, method)
+    I = circo.circo_rankings(data, xq, xb)
+    if data.has_targets:
+        return circo.circo_metrics(data, I), {}
+    return {}, {"submission": circo.circo_submission(data, I)}
+
+
+def _run_fashioniq(h: Harness, data: fashioniq.FashionIQSplit, method: str, template: str, style: str):
+    per_category = {}
+    for category in data.categories:
+        xb = h.gallery_features(category.gallery)
+        refs = category.references()
+        orders = fashioniq_orders(method, style)
+        features = [
+            h.query_features(
+                refs, [fashioniq.joined_captions(q, order) for q in category.queries], template, method
+            )
+            for order in orders
+        ]
+        xq = normalize(np.mean(features, axis=0))  # LinCIR: normalize((f(c1 and c2) + f(c2 and c1)) / 2)
+        per_category[category.category] = fashioniq.category_metrics(
+            category, fashioniq.category_rankings(category, xq, xb)
+        )
+    return fashioniq.fashioniq_metrics(per_category), {}
+
+
+def _run_genecis(h: Harness, data: genecis.GenecisSplit, method: str, template: str, style: str):
+    per_task = {}
+    for task in data.tasks:
+        xb = h.gallery_features(task.gallery)
+        xq = h.query_features(task.references(), [q.condition for q in task.queries], template, method)
+        per_task[task.name] = genecis.task_metrics(task, genecis.task_rankings(task, xq, xb))
+    return genecis.genecis_metrics(per_task), {}
+
+
+def _run_imagenet_r(h: Harness, data: imagenet_r.ImagenetRSplit, method: str, template: str, style: str):
+    xb = h.gallery_features(data.gallery)
+    per_domain = {}
+    for domain in imagenet_r.DOMAINS:
+        xq = h.query_features(data.queries, [""] * len(data.queries), template, method, domain=domain)
+        per_domain[domain] = imagenet_r.domain_metrics(data, domain, imagenet_r.domain_rankings(data, xq, xb))
+    return imagenet_r.imagenet_r_metrics(per_domain), {}
+
+
+RUNNERS = {
+    "cirr": _run_cirr,
+    "circo": _run_circo,
+    "fashioniq": _run_fashioniq,
+    "genecis": _run_genecis,
+    "imagenet-r": _run_imagenet_r,
+}
+
+
+def exclude_missing(data, root: Path, skip_missing: bool, console: Console):
+    """The split without missing images (with --skip-missing), or MissingImagesError listing them."""
+    refs = data.image_refs()
+    missing = find_missing(refs)
+    if not missing:
+        return data, {}
+    report = describe_missing(missing, len({ref.path for ref in refs}), root)
+    if not skip_missing:
+        raise MissingImagesError(
+            f"{report}\nDownload them, or pass --skip-missing to leave out the queries whose reference or "
+            "target is missing and the missing gallery images."
+        )
+    data, excluded = data.without({ref.key for ref in missing})
+    excluded["missing_files"] = len({ref.path for ref in missing})
+    console.print(
+        f"[yellow]{report}\n--skip-missing: left out {excluded['queries']} queries and "
+        f"{excluded['gallery']} gallery images.[/yellow]"
+    )
+    return data, excluded
+
+
+def num_queries(data) -> int:
+    for parts in ("categories", "tasks"):
+        if hasattr(data, parts):
+            return sum(len(p.queries) for p in getattr(data, parts))
+    return len(data.queries)
+
+
+def run_benchmark(
+    harness: Harness,
+    benchmark: str,
+    root: str | Path,
+    *,
+    split: str = "val",
+    method: str = "phi",
+    template: str | None = None,
+    skip_missing: bool = False,
+) -> EvalResult:
+    """Read the split in its official layout, encode, rank and score it (or build its submission)."""
+    if benchmark not in READERS:
+        raise ValueError(f"Unknown benchmark '{benchmark}': choose from {BENCHMARKS}.")
+    root = Path(root)
+    data = READERS[benchmark](root, split)
+    data, excluded = exclude_missing(data, root, skip_missing, harness.console)
+    if num_queries(data) == 0:
+        raise ValueError(f"{benchmark} {split} under {root} has no query left to evaluate.")
+    style = prompt_style(harness.encoder)
+    template = template or default_template(benchmark, method, style)
+    check_template(template, benchmark, method)
+    metrics, submissions = RUNNERS[benchmark](harness, data, method, template, style)
+    return EvalResult(
+        benchmark,
+        data.split,
+        method,
+        template,
+        harness.encoder_key,
+        num_queries(data),
+        metrics,
+        excluded,
+        submissions,
+    )
+
+
+def write_result(result: EvalResult, out: str | Path) -> list[Path]:
+    """`{benchmark}-{split}-{method}.json` with the metrics, plus one file per test submission."""
+    out = Path(out)
+    stem = f"{result.benchmark}-{result.split}-{result.method}"
+    summary = {k: v for k, v in asdict(result).items() if k != "submissions"}
+    paths = [out / f"{stem}.json"]
+    atomic_write_json(paths[0], summary)
+    for name, submission in result.submissions.items():
+        path = out / f"{stem}-{name}.json"
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(submission, sort_keys=True))
+        paths.append(path)
+    return paths
