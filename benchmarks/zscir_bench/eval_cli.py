@@ -112,7 +112,10 @@ def file_digest(path: Path) -> str:
 
 def bundle_encoder(bundle: Path):
     """The torch-free runtime on a bundle, keyed by its manifest (which holds every graph's sha256)."""
-    from zscir_infer import Runtime
+    try:
+        from zscir_infer import Runtime
+    except ImportError as exc:
+        raise ValueError("This install has no zscir runtime (zscir_infer.Runtime): use --torch.") from exc
 
     return Runtime(bundle), f"bundle:{file_digest(bundle / 'manifest.json')}"
 
@@ -131,9 +134,9 @@ def torch_encoder(ckpt: Path | None, backbone_name: str | None, pretrained: str 
     backbone = load_backbone(name, pretrained)
     if meta is not None:
         check_dims(meta, backbone, ckpt)
-    weights = pretrained
-    if pretrained and Path(pretrained).is_file():
-        weights = file_digest(Path(pretrained))
+    if pretrained is None:
+        return TorchReference(backbone, phi, meta), None  # random weights: features must not be cached
+    weights = file_digest(Path(pretrained)) if Path(pretrained).is_file() else pretrained
     key = f"torch:{name}:{weights}:{file_digest(ckpt) if ckpt else 'no-phi'}"
     return TorchReference(backbone, phi, meta), key
 
@@ -167,9 +170,10 @@ def evaluate(
 ) -> None:
     if (bundle is None) == (ckpt is None and backbone is None):
         raise typer.BadParameter("Pass exactly one of --bundle or --torch/--backbone.")
-    encoder, key = bundle_encoder(bundle) if bundle else torch_encoder(ckpt, backbone, pretrained)
-    harness = Harness(encoder, key, cache_dir=out / "cache", batch_size=batch_size, console=err_console)
     try:
+        encoder, key = bundle_encoder(bundle) if bundle else torch_encoder(ckpt, backbone, pretrained)
+        cache_dir = out / "cache" if key is not None else None
+        harness = Harness(encoder, key or "uncached", cache_dir, batch_size, console=err_console)
         result = run_benchmark(
             harness,
             benchmark,

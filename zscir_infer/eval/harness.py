@@ -174,22 +174,28 @@ def _run_circo(h: Harness, data: circo.CircoSplit, method: str, template: str, s
     return {}, {"submission": circo.circo_submission(data, I)}
 
 
+def fashioniq_query_features(
+    h: Harness, category: fashioniq.FashionIQCategory, method: str, template: str, style: str
+) -> np.ndarray:
+    """[Q, D]: one normalized feature per caption order, averaged and renormalized (LinCIR's
+    normalize((f(c1 and c2) + f(c2 and c1)) / 2); a single order is just f(order))."""
+    refs = category.references()
+    features = [
+        h.query_features(
+            refs, [fashioniq.joined_captions(q, order) for q in category.queries], template, method
+        )
+        for order in fashioniq_orders(method, style)
+    ]
+    return normalize(np.mean(features, axis=0))
+
+
 def _run_fashioniq(h: Harness, data: fashioniq.FashionIQSplit, method: str, template: str, style: str):
     per_category = {}
     for category in data.categories:
         xb = h.gallery_features(category.gallery)
-        refs = category.references()
-        orders = fashioniq_orders(method, style)
-        features = [
-            h.query_features(
-                refs, [fashioniq.joined_captions(q, order) for q in category.queries], template, method
-            )
-            for order in orders
-        ]
-        xq = normalize(np.mean(features, axis=0))  # LinCIR: normalize((f(c1 and c2) + f(c2 and c1)) / 2)
-        per_category[category.category] = fashioniq.category_metrics(
-            category, fashioniq.category_rankings(category, xq, xb)
-        )
+        xq = fashioniq_query_features(h, category, method, template, style)
+        I = fashioniq.category_rankings(category, xq, xb)
+        per_category[category.category] = fashioniq.category_metrics(category, I)
     return fashioniq.fashioniq_metrics(per_category), {}
 
 

@@ -1,0 +1,108 @@
+"""`zscir-eval` through typer's CliRunner with the PyTorch reference (`--torch CKPT`, tiny backbone)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from zscir_bench.eval_cli import app
+from zscir_train.checkpoint import meta_for, save_phi_checkpoint
+from zscir_train.phi import build_phi
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_backbone, tmp_path_factory):
+    torch.manual_seed(1)
+    phi = build_phi("lincir", tiny_backbone.embed_dim, tiny_backbone.width)
+    return save_phi_checkpoint(
+        tmp_path_factory.mktemp("ckpt") / "phi.safetensors", phi, meta_for(phi, tiny_backbone, "lincir")
+    )
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_cirr_val_writes_metrics(ckpt, cirr_root, tmp_path):
+    result = invoke("cirr", "--root", cirr_root, "--torch", ckpt, "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "cirr-val-phi.json").read_text())
+    assert summary["num_queries"] == 3 and summary["template"] == "a photo of {placeholder} that {caption}"
+    assert set(summary["metrics"]) >= {"R@1", "R@5", "R@10", "R@50", "Rsubset@1", "Rsubset@2", "Rsubset@3"}
+    assert summary["metrics"]["R@10"] == 100.0  # 7 candidates once the reference is out
+    assert "Rsubset@1" in result.stdout
+
+
+def test_cirr_test_writes_both_submission_files(ckpt, tmp_path):
+    from tests.fixtures.eval_layouts import make_cirr
+
+    root = make_cirr(tmp_path / "cirr", split="test", layout="searle")
+    result = invoke("cirr", "--root", root, "--torch", ckpt, "--split", "test", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    recall = json.loads((tmp_path / "out" / "cirr-test1-phi-recall.json").read_text())
+    subset = json.loads((tmp_path / "out" / "cirr-test1-phi-recall_subset.json").read_text())
+    assert (recall["version"], recall["metric"], subset["metric"]) == ("rc2", "recall", "recall_subset")
+    assert set(recall) - {"version", "metric"} == {"10", "11", "12"}
+    assert all(len(v) == 3 for k, v in subset.items() if k not in ("version", "metric"))
+
+
+def test_circo_test_submission(ckpt, circo_root, tmp_path):
+    result = invoke(
+        "circo",
+        "--root",
+        circo_root,
+        "--torch",
+        ckpt,
+        "--split",
+        "test",
+        "--method",
+        "slerp",
+        "--out",
+        tmp_path,
+    )
+    assert result.exit_code == 0, result.output
+    sub = json.loads((tmp_path / "circo-test-slerp-submission.json").read_text())
+    assert set(sub) == {"0", "1"} and all(sorted(ids) == list(range(101, 109)) for ids in sub.values())
+
+
+def test_missing_images_exit_nonzero_unless_skipped(ckpt, circo_root, tmp_path):
+    (
+        circo_root / "COCO2017_unlabeled" / "unlabeled2017" / "000000000108.jpg"
+    ).unlink()  # a ground truth of q0
+    result = invoke("circo", "--root", circo_root, "--torch", ckpt, "--out", tmp_path)
+    assert result.exit_code == 2
+    assert "1 of the image files" in result.stderr and "000000000108.jpg" in result.stderr
+    assert "--skip-missing" in result.stderr
+    result = invoke("circo", "--root", circo_root, "--torch", ckpt, "--out", tmp_path, "--skip-missing")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "circo-val-phi.json").read_text())
+    assert summary["excluded"] == {"queries": 0, "gallery": 1, "missing_files": 1}
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("--split", "test"), 1, "only"),  # FashionIQ test has no targets
+        (("--template", "a photo of {caption}"), 1, "placeholder"),
+        (("--template", "{placeholder} {colour}"), 1, "unknown field"),
+    ],
+)
+def test_errors_say_what_to_change(ckpt, fashioniq_root, tmp_path, args, code, message):
+    result = invoke("fashioniq", "--root", fashioniq_root, "--torch", ckpt, "--out", tmp_path, *args)
+    assert result.exit_code == code
+    assert message in result.stderr
+
+
+def test_bundle_and_torch_are_exclusive(ckpt, cirr_root, tmp_path):
+    result = invoke("cirr", "--root", cirr_root, "--torch", ckpt, "--bundle", tmp_path)
+    assert result.exit_code == 2 and "exactly one" in result.output
+
+
+def test_eval_package_never_imports_torch():
+    code = "import sys; sys.modules['torch'] = None; import zscir_infer.eval, zscir_infer.eval.harness"
+    subprocess.run([sys.executable, "-c", code], check=True)
