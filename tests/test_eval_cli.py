@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 from typer.testing import CliRunner
-
 from zscir_bench.eval_cli import app
+
 from zscir_train.checkpoint import meta_for, save_phi_checkpoint
 from zscir_train.phi import build_phi
 
