@@ -180,3 +180,10 @@ def test_a_template_without_placeholder_is_refused_for_phi(reference, cirr_root,
         run_benchmark(
             Harness(reference, "tiny", tmp_path), "cirr", cirr_root, template="a photo that {caption}"
         )
+
+
+def test_a_part_left_without_queries_is_an_error(reference, fashioniq_root, tmp_path):
+    for candidate in ("B0000000X", "B0000003X"):  # both dress queries' reference images
+        (fashioniq_root / "images" / f"{candidate}.jpg").unlink()
+    with pytest.raises(ValueError, match="no query left to evaluate in dress"):
+        run_benchmark(Harness(reference, "tiny", tmp_path), "fashioniq", fashioniq_root, skip_missing=True)

@@ -22,6 +22,7 @@ from zscir_infer.eval import BENCHMARKS, Harness, MissingImagesError, run_benchm
 from zscir_infer.eval.harness import DEFAULT_BATCH_SIZE
 
 HASH_CHUNK = 1 << 20
+RANDOM_INIT = "random-init"  # a backbone without weights is drawn anew each run: never cache its features
 EXIT_BAD_INPUT, EXIT_MISSING_IMAGES = 1, 2
 
 app = typer.Typer(
@@ -134,10 +135,8 @@ def torch_encoder(ckpt: Path | None, backbone_name: str | None, pretrained: str 
     backbone = load_backbone(name, pretrained)
     if meta is not None:
         check_dims(meta, backbone, ckpt)
-    if pretrained is None:
-        return TorchReference(backbone, phi, meta), None  # random weights: features must not be cached
-    weights = file_digest(Path(pretrained)) if Path(pretrained).is_file() else pretrained
-    key = f"torch:{name}:{weights}:{file_digest(ckpt) if ckpt else 'no-phi'}"
+    weights = file_digest(Path(pretrained)) if pretrained and Path(pretrained).is_file() else pretrained
+    key = f"torch:{name}:{weights or RANDOM_INIT}:{file_digest(ckpt) if ckpt else 'no-phi'}"
     return TorchReference(backbone, phi, meta), key
 
 
@@ -172,8 +171,8 @@ def evaluate(
         raise typer.BadParameter("Pass exactly one of --bundle or --torch/--backbone.")
     try:
         encoder, key = bundle_encoder(bundle) if bundle else torch_encoder(ckpt, backbone, pretrained)
-        cache_dir = out / "cache" if key is not None else None
-        harness = Harness(encoder, key or "uncached", cache_dir, batch_size, console=err_console)
+        cache_dir = None if RANDOM_INIT in key else out / "cache"
+        harness = Harness(encoder, key, cache_dir, batch_size, console=err_console)
         result = run_benchmark(
             harness,
             benchmark,

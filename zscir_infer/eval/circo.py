@@ -48,6 +48,10 @@ class CircoSplit:
     queries: list[CircoQuery]
 
     @property
+    def query_counts(self) -> dict[str, int]:
+        return {"circo": len(self.queries)}
+
+    @property
     def has_targets(self) -> bool:
         return all(q.target is not None for q in self.queries)
 

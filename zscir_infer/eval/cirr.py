@@ -47,6 +47,10 @@ class CirrSplit:
     queries: list[CirrQuery]
 
     @property
+    def query_counts(self) -> dict[str, int]:
+        return {"cirr": len(self.queries)}
+
+    @property
     def has_targets(self) -> bool:
         return all(q.target is not None for q in self.queries)
 

@@ -62,6 +62,10 @@ class FashionIQSplit:
     split: str
     categories: list[FashionIQCategory]
 
+    @property
+    def query_counts(self) -> dict[str, int]:
+        return {c.category: len(c.queries) for c in self.categories}
+
     def image_refs(self) -> list[ImageRef]:
         return [ref for c in self.categories for ref in c.images.values()]
 

@@ -71,6 +71,10 @@ class GenecisSplit:
     split: str
     tasks: list[GenecisTask]
 
+    @property
+    def query_counts(self) -> dict[str, int]:
+        return {t.name: len(t.queries) for t in self.tasks}
+
     def image_refs(self) -> list[ImageRef]:
         return [ref for t in self.tasks for ref in t.image_refs()]
 

@@ -247,13 +247,6 @@ def exclude_missing(data, root: Path, skip_missing: bool, console: Console):
     return data, excluded
 
 
-def num_queries(data) -> int:
-    for parts in ("categories", "tasks"):
-        if hasattr(data, parts):
-            return sum(len(p.queries) for p in getattr(data, parts))
-    return len(data.queries)
-
-
 def run_benchmark(
     harness: Harness,
     benchmark: str,
@@ -270,8 +263,11 @@ def run_benchmark(
     root = Path(root)
     data = READERS[benchmark](root, split)
     data, excluded = exclude_missing(data, root, skip_missing, harness.console)
-    if num_queries(data) == 0:
-        raise ValueError(f"{benchmark} {split} under {root} has no query left to evaluate.")
+    empty = [part for part, n in data.query_counts.items() if n == 0]
+    if empty:
+        raise ValueError(
+            f"{benchmark} {split} under {root}: no query left to evaluate in {', '.join(empty)}."
+        )
     style = prompt_style(harness.encoder)
     template = template or default_template(benchmark, method, style)
     check_template(template, benchmark, method)
@@ -282,7 +278,7 @@ def run_benchmark(
         method,
         template,
         harness.encoder_key,
-        num_queries(data),
+        sum(data.query_counts.values()),
         metrics,
         excluded,
         submissions,

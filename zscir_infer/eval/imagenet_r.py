@@ -38,6 +38,10 @@ class ImagenetRSplit:
     gallery: list[ImageRef]  # ImageNet-R images of the four domains
     gallery_labels: np.ndarray  # [N] class + 1000 * domain index
 
+    @property
+    def query_counts(self) -> dict[str, int]:
+        return {"imagenet-r": len(self.queries)}
+
     def references(self) -> list[ImageRef]:
         return self.queries
 
