@@ -174,6 +174,7 @@ def test_int32_and_single_text(tokenizer):
     ids = tokenizer(["a photo of $"], dtype=np.int32)
     assert ids.dtype == np.int32
     assert np.array_equal(ids, tokenizer.encode("a photo of $"))
+    assert tokenizer([]).shape == (0, CONTEXT)
 
 
 def test_manifest_entry_and_atomic_file(tokenizer_file):

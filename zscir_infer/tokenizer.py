@@ -16,6 +16,7 @@ tokenized piece by piece here, following open_clip's regex.
 from __future__ import annotations
 
 import html
+import itertools
 import os
 from pathlib import Path
 
@@ -89,7 +90,9 @@ class ClipTokenizer:
             texts = [texts]
         cleaned = [clean(t) for t in texts]
         encodings = self._tokenizer.encode_batch_fast(cleaned)
-        ids = np.array([e.ids for e in encodings], dtype=dtype).reshape(len(texts), self.context_length)
+        flat = itertools.chain.from_iterable(e.ids for e in encodings)
+        ids = np.fromiter(flat, dtype=dtype, count=len(texts) * self.context_length)
+        ids = ids.reshape(len(texts), self.context_length)
         truncated = np.array([bool(e.overflowing) for e in encodings], dtype=bool)
         for i, text in enumerate(cleaned):
             if SOT_TOKEN in text or EOT_TOKEN in text:

@@ -7,11 +7,16 @@ That cleaning cannot be written in the tokenizers format (ftfy is Python), so it
 recorded in the manifest (`tokenizer_manifest_entry`), and the file itself has no normalizer.
 
 Inside the file, the pipeline is CLIP's:
-- pre-tokenizer: CLIP's regex, keeping the matches (Split, invert, "removed"), then the byte-to-unicode
-  map without its own regex (ByteLevel, use_regex=False);
+- pre-tokenizer: CLIP's regex, keeping the matches (Split, invert, "removed"), its character classes
+  written out as code point ranges (see `clip_pretokenize_pattern`), then the byte-to-unicode map
+  without its own regex (ByteLevel, use_regex=False);
 - model: BPE over open_clip's 48,894 merges with the `</w>` end-of-word suffix;
+- added tokens <start_of_text>, <end_of_text>: the literal strings in a text become their ids;
 - post-processor: <start_of_text> $A <end_of_text> (49406, 49407); truncation to the context length,
   which keeps the end-of-text token last, as open_clip does; zero padding.
+
+Known gap of the file alone: open_clip reads "<end_of_text>" right after punctuation (".<end_of_text>")
+as punctuation and words, the file as the special token; `zscir_infer.tokenizer` handles that case.
 """
 
 from __future__ import annotations
