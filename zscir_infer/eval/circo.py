@@ -75,10 +75,22 @@ class CircoSplit:
         return CircoSplit(self.split, gallery, queries), dropped
 
 
+def find_circo_dir(root: Path, split: str) -> Path:
+    """The CIRCO folder: ROOT itself, or ROOT/circo (ROOT/CIRCO) when ROOT holds several datasets."""
+    return next(
+        (
+            base
+            for base in (root / "circo", root / "CIRCO")
+            if (base / "annotations" / f"{split}.json").is_file()
+        ),
+        root,
+    )
+
+
 def read_circo(root: str | Path, split: str = "val") -> CircoSplit:
-    root = Path(root)
     if split not in SPLITS:
         raise ValueError(f"CIRCO split '{split}' is not one of {SPLITS}.")
+    root = find_circo_dir(Path(root), split)
     annotations, info = root / "annotations" / f"{split}.json", root / IMAGE_INFO
     for path, what in (
         (annotations, "clone github.com/miccunifi/CIRCO"),
