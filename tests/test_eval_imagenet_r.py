@@ -13,7 +13,7 @@ from zscir_infer.eval.templates import DOMAIN_TEMPLATE, phi_template, plain_text
 def test_reader(imagenet_r_root):
     data = read_imagenet_r(imagenet_r_root)
     assert data.query_classes.tolist() == [2, 2, 14]
-    assert data.gallery_labels.tolist() == [2, 2002, 1014, 14, 3014, 2]
+    assert data.gallery_labels.tolist() == [2, 2002, 1014, 14, 3014, 2] + [99, 1099, 2099, 3099] * 2
     assert all(ref.path.is_file() for ref in data.queries + data.gallery)
     assert data.queries[0].key == "imgnet/real/n04086273/ILSVRC2012_val_00000000.JPEG"
     same = read_imagenet_r(imagenet_r_root / "imgnet")  # ROOT may be the imgnet folder itself

@@ -210,9 +210,10 @@ def _run_genecis(h: Harness, data: genecis.GenecisSplit, method: str, template: 
 
 def _run_imagenet_r(h: Harness, data: imagenet_r.ImagenetRSplit, method: str, template: str, style: str):
     xb = h.gallery_features(data.gallery)
-    per_domain = {}
+    per_domain, xq = {}, None
     for domain in imagenet_r.DOMAINS:
-        xq = h.query_features(data.queries, [""] * len(data.queries), template, method, domain=domain)
+        if xq is None or method != "image":  # the image-only query is the same for every domain
+            xq = h.query_features(data.queries, [""] * len(data.queries), template, method, domain=domain)
         per_domain[domain] = imagenet_r.domain_metrics(data, domain, imagenet_r.domain_rankings(data, xq, xb))
     return imagenet_r.imagenet_r_metrics(per_domain), {}
 
