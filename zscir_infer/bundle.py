@@ -1,0 +1,301 @@
+"""Reading a bundle: `manifest.json`, validated, and the files it names, each checked against its sha256.
+
+A bundle is the runtime's only input (DESIGN §3). Loading it:
+1. parses `manifest.json` and refuses anything that is not a zscir bundle, or a format_version newer
+   than this runtime reads (an older runtime must not guess at a newer layout);
+2. validates the manifest against `manifest.schema.json` (shipped inside this package);
+3. checks that every file the manifest names exists inside the bundle directory;
+4. verifies each file's sha256 the first time it is used (a ViT-L bundle holds gigabytes, and a query
+   needs two of its graphs), or all at once with `Bundle.verify_all()`. A mismatch names the file and
+   says what to do: re-export the bundle, or download it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path, PurePosixPath
+
+import jsonschema
+
+from zscir_infer.preprocess import PreprocessConfig
+
+MANIFEST = "manifest.json"
+SCHEMA = "manifest.schema.json"
+FORMAT = "zscir-bundle"
+FORMAT_VERSION = 1  # the newest bundle layout this runtime reads
+HASH_CHUNK = 1 << 22
+GRAPH_NAMES = ("image_encoder", "query_encoder", "text_encoder")
+PRECISIONS = ("fp32", "fp16", "int8")
+NO_PHI = ": it composes queries without phi (use method slerp, image, text or average)"
+REMEDY = "re-export the bundle with `zscir-export`, or download it again"
+
+
+class BundleError(ValueError):
+    """A bundle cannot be used; the message names the file or field and what to do."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class BundleFile:
+    """One file the manifest names: where it is and what its sha256 must be."""
+
+    key: str  # where the manifest names it, e.g. "graphs.image_encoder.fp32"
+    path: Path
+    sha256: str
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One ONNX graph of the bundle at one precision (a `graphs.<name>.<precision>` entry)."""
+
+    name: str
+    precision: str
+    file: BundleFile
+    inputs: tuple[dict, ...]  # {"name", "dtype", "shape"}; shapes use "batch" for the dynamic axis
+    outputs: tuple[dict, ...]
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """A native TensorRT engine built from one graph (an `engines[i]` entry)."""
+
+    graph: str
+    precision: str
+    file: BundleFile
+    tensorrt_version: str
+    compute_capability: str
+    profiles: tuple[dict, ...]
+
+
+def _load_schema() -> dict:
+    try:
+        text = resources.files("zscir_infer").joinpath(SCHEMA).read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise BundleError(
+            f"zscir_infer/{SCHEMA} is missing from this installation: reinstall zscir."
+        ) from exc
+    return json.loads(text)
+
+
+def _read_manifest(path: Path) -> dict:
+    manifest_path = path / MANIFEST
+    if not path.is_dir():
+        raise BundleError(f"Bundle {path} is not a directory: pass the folder that holds {MANIFEST}.")
+    if not manifest_path.is_file():
+        raise BundleError(f"{path} has no {MANIFEST}: it is not a zscir bundle (export one with `zscir-export`).")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{manifest_path} is not valid JSON ({exc}); {REMEDY}.") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise BundleError(f"{manifest_path} has format {found!r}, not {FORMAT!r}: it is not a zscir bundle.")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise BundleError(f"{manifest_path}: format_version {version!r} is not an integer; {REMEDY}.")
+    if version > FORMAT_VERSION:
+        raise BundleError(
+            f"{manifest_path} has format_version {version}, newer than this zscir reads (up to {FORMAT_VERSION}): "
+            "upgrade zscir (`pip install -U zscir`), or export the bundle with the zscir version you run."
+        )
+    return manifest
+
+
+def _validate(manifest: dict, manifest_path: Path) -> None:
+    validator = jsonschema.Draft202012Validator(_load_schema())
+    errors = sorted(validator.iter_errors(manifest), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"  {'.'.join(map(str, e.absolute_path)) or '(top level)'}: {e.message}" for e in errors[:10]]
+        more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
+        raise BundleError(
+            f"{manifest_path} does not match the bundle schema ({len(errors)} problem(s)):\n"
+            + "\n".join(lines) + more + f"\n{REMEDY.capitalize()}."
+        )
+
+
+class Bundle:
+    """A loaded bundle directory: the manifest's fields, its graphs and engines, verified files."""
+
+    def __init__(self, path: str | os.PathLike, manifest: dict, verify: bool = True):
+        self.path = Path(path)
+        self.manifest = manifest
+        self.verify = verify
+        self._verified: set[Path] = set()
+        self._lock = threading.Lock()
+        self.tokenizer_file = self._file("tokenizer", manifest["tokenizer"])
+        self.graphs = {
+            (name, precision): GraphSpec(
+                name, precision, self._file(f"graphs.{name}.{precision}", g), tuple(g["inputs"]), tuple(g["outputs"])
+            )
+            for name, variants in manifest["graphs"].items()
+            for precision, g in variants.items()
+        }
+        self.engines = tuple(
+            EngineSpec(e["graph"], e["precision"], self._file(f"engines[{i}]", e), str(e.get("tensorrt_version", "")),
+                       str(e.get("compute_capability", "")), tuple(e.get("profiles", ())))
+            for i, e in enumerate(manifest.get("engines") or ())
+        )
+        self.preprocess = PreprocessConfig.from_dict(manifest["preprocess"])
+        for f in self.files():
+            if not f.path.is_file():
+                raise BundleError(
+                    f"Bundle file {f.path} (manifest {f.key}) is missing: the bundle is incomplete; {REMEDY}."
+                )
+
+    def _file(self, key: str, entry: dict) -> BundleFile:
+        relative = PurePosixPath(entry["file"])
+        if relative.is_absolute() or ".." in relative.parts:
+            raise BundleError(
+                f"{self.path / MANIFEST}: {key}.file {entry['file']!r} points outside the bundle; "
+                f"a bundle names its files relative to its own folder. {REMEDY.capitalize()}."
+            )
+        return BundleFile(key, self.path / relative, entry["sha256"].lower())
+
+    # --- the manifest's fields -------------------------------------------------------------------------
+    @property
+    def method(self) -> str:
+        return self.manifest["method"]
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.manifest["embed_dim"])
+
+    @property
+    def context_length(self) -> int:
+        return int(self.manifest["tokenizer"].get("context_length", self.manifest["context_length"]))
+
+    @property
+    def placeholder(self) -> str | None:
+        placeholder = self.manifest.get("placeholder")
+        return placeholder["text"] if placeholder else None
+
+    @property
+    def placeholder_id(self) -> int | None:
+        placeholder = self.manifest.get("placeholder")
+        return int(placeholder["id"]) if placeholder else None
+
+    @property
+    def templates(self) -> dict[str, str]:
+        return dict(self.manifest.get("templates") or {})
+
+    @property
+    def slerp_alpha(self) -> float:
+        return float(self.manifest["slerp_alpha"])
+
+    @property
+    def has_phi(self) -> bool:
+        return any(name == "query_encoder" for name, _ in self.graphs)
+
+    @property
+    def default_method(self) -> str:
+        """What a query runs unless told otherwise: phi when the bundle has a query encoder, else slerp."""
+        return "phi" if self.has_phi else "slerp"
+
+    @property
+    def bundle_id(self) -> str:
+        """Identity of the bundle's models: sha256 over every graph's and the tokenizer's sha256."""
+        return _digest({
+            "graphs": {f"{n}.{p}": g.file.sha256 for (n, p), g in sorted(self.graphs.items())},
+            "tokenizer": self.tokenizer_file.sha256,
+        })
+
+    @property
+    def image_space_id(self) -> str:
+        """Identity of the image feature space: the fp32 image encoder and its preprocessing.
+
+        Two bundles with the same value give the same gallery features (e.g. a retrained phi on the same
+        backbone), so a gallery can be kept across them.
+        """
+        return _digest({
+            "image_encoder": self.graph("image_encoder", "fp32").file.sha256,
+            "preprocess": self.preprocess.to_dict(),
+        })
+
+    def precisions(self, graph: str) -> list[str]:
+        return [p for p in PRECISIONS if (graph, p) in self.graphs]
+
+    def graph(self, name: str, precision: str = "fp32") -> GraphSpec:
+        if (name, precision) not in self.graphs:
+            if not self.precisions(name):
+                raise BundleError(f"Bundle {self.path} (method {self.method}) has no {name} graph"
+                                  + (NO_PHI if name == "query_encoder" else f"; {REMEDY}."))
+            raise BundleError(
+                f"Bundle {self.path} has no {precision} {name} (it has {self.precisions(name)}): choose one of "
+                f"those precisions, or export the bundle with {precision}."
+            )
+        return self.graphs[(name, precision)]
+
+    def engines_for(self, graph: str, precision: str) -> list[EngineSpec]:
+        return [e for e in self.engines if e.graph == graph and e.precision == precision]
+
+    # --- files and their checksums ---------------------------------------------------------------------
+    def files(self) -> list[BundleFile]:
+        return [self.tokenizer_file, *(g.file for g in self.graphs.values()), *(e.file for e in self.engines)]
+
+    def verified(self, f: BundleFile) -> Path:
+        """The file's path, once its sha256 matched the manifest (checked once per process and bundle)."""
+        if not self.verify:
+            return f.path
+        with self._lock:
+            if f.path not in self._verified:
+                actual = sha256_file(f.path)
+                if actual != f.sha256:
+                    raise BundleError(
+                        f"Bundle file {f.path} (manifest {f.key}) is corrupt or was changed: its sha256 is "
+                        f"{actual}, the manifest records {f.sha256}. Do not edit bundle files; {REMEDY}."
+                    )
+                self._verified.add(f.path)
+        return f.path
+
+    def verify_all(self) -> None:
+        for f in self.files():
+            self.verified(f)
+
+    def summary(self) -> dict:
+        """What `zscir-infer bundle-info` prints: identity, model, prompts, preprocessing, files."""
+        m = self.manifest
+        return {
+            "path": str(self.path),
+            "format_version": m["format_version"],
+            "zscir_version": m.get("zscir_version"),
+            "created": m.get("created"),
+            "method": self.method,
+            "backbone": {k: m["backbone"].get(k) for k in ("name", "pretrained")},
+            "embed_dim": self.embed_dim,
+            "width": m.get("width"),
+            "context_length": self.context_length,
+            "placeholder": m.get("placeholder"),
+            "templates": self.templates,
+            "slerp_alpha": self.slerp_alpha,
+            "preprocess": self.preprocess.to_dict(),
+            "graphs": {f"{n}.{p}": {"file": str(g.file.path.relative_to(self.path)),
+                                     "bytes": g.file.path.stat().st_size} for (n, p), g in self.graphs.items()},
+            "engines": [{"graph": e.graph, "precision": e.precision, "file": str(e.file.path.relative_to(self.path)),
+                         "tensorrt_version": e.tensorrt_version, "compute_capability": e.compute_capability}
+                        for e in self.engines],
+            "bundle_id": self.bundle_id,
+        }
+
+
+def _digest(obj: dict) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def load_bundle(path: str | os.PathLike, *, verify: bool = True) -> Bundle:
+    """Load and validate a bundle directory; with verify, every file is sha256-checked before first use."""
+    path = Path(path)
+    manifest = _read_manifest(path)
+    _validate(manifest, path / MANIFEST)
+    return Bundle(path, manifest, verify=verify)

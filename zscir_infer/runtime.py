@@ -1,0 +1,292 @@
+"""`Runtime`: a bundle's encoders behind a batched numpy API, without torch.
+
+    rt = Runtime("zscir-out/bundle")                         # ONNX Runtime on CPU, fp32
+    xb = rt.encode_images(["a.jpg", "b.png"])                # [N, D] float32, L2-normalized
+    xq = rt.encode_queries([("a.jpg", "as a sketch")])       # phi: pseudo-token in the bundle's template
+    xq = rt.encode_queries(pairs, method="slerp", alpha=0.8)  # training-free; also image, text, average
+
+Every method gives the same numbers as `zscir_train.reference.TorchReference` on the same inputs
+(the parity tests hold them to the export's golden outputs): templates are filled by the same rules
+as `zscir_train.composed.fill_template`, and slerp / average are the same formulas in numpy float32.
+
+Images may be paths, bytes, PIL images or uint8 arrays ([H, W], [H, W, 3] or [H, W, 4]); they are
+loaded by `zscir_infer.preprocess.load_image`, which applies the EXIF orientation (see there).
+
+Thread-safe: graph sessions are created once under a lock, ONNX Runtime sessions run concurrently,
+TensorRT engines serialize their own calls; the tokenizer and preprocessing are pure.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from zscir_infer.backends import BACKENDS, BackendError, parse_device
+from zscir_infer.bundle import NO_PHI, Bundle, load_bundle
+from zscir_infer.preprocess import load_image, preprocess
+from zscir_infer.tokenizer import ClipTokenizer
+
+METHODS = ("phi", "slerp", "image", "text", "average")
+DEFAULT_BATCH_SIZE = 32
+SLERP_PARALLEL_COS = 0.9995  # above this |cos|, slerp falls back to normalized linear interpolation
+NORM_EPS = 1e-12  # torch.nn.functional.normalize's eps, so results match the reference bit for bit
+CAPTION_FIELD = "{caption}"
+# graph -> (input names, output name), the bundle contract (DESIGN §3)
+IMAGE_ENCODER, QUERY_ENCODER, TEXT_ENCODER = "image_encoder", "query_encoder", "text_encoder"
+PIXELS, IMAGE_FEATURES, TOKEN_IDS = "pixels", "image_features", "token_ids"
+OUTPUTS = {IMAGE_ENCODER: "image_features", QUERY_ENCODER: "query_features", TEXT_ENCODER: "text_features"}
+
+
+class TemplateError(ValueError):
+    """A prompt template cannot be used; the message says why (same rules as the PyTorch reference)."""
+
+
+def fill_template(template: str, caption: str, placeholder: str | None) -> str:
+    """Insert the caption into the template; a phi template must hold the placeholder."""
+    if CAPTION_FIELD not in template:
+        raise TemplateError(f"Template '{template}' has no '{CAPTION_FIELD}' field.")
+    if placeholder is not None and placeholder not in template:
+        raise TemplateError(
+            f"Template '{template}' does not contain the placeholder '{placeholder}': the image token would be "
+            f"dropped. Put '{placeholder}' where the image belongs, e.g. 'a photo of {placeholder} that {{caption}}'."
+        )
+    return template.replace(CAPTION_FIELD, caption)
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    """Rows to unit length, as torch.nn.functional.normalize (x / max(|x|, eps)), float32."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), np.float32(NORM_EPS))
+
+
+def slerp(v_img: np.ndarray, v_txt: np.ndarray, alpha: float) -> np.ndarray:
+    """Spherical interpolation from image (alpha=0) to text (alpha=1); inputs normalized first, output unit.
+
+    Near-parallel pairs (|cos| > 0.9995, where sin(theta) -> 0) use normalized linear interpolation.
+    """
+    a, b = normalize(v_img), normalize(v_txt)  # [B, D]
+    cos = np.clip((a * b).sum(-1, keepdims=True), -1.0, 1.0)  # [B, 1]
+    theta = np.arccos(cos)
+    sin = np.sin(theta)
+    parallel = np.abs(cos) > SLERP_PARALLEL_COS
+    safe_sin = np.where(parallel, np.float32(1.0), sin)
+    alpha32 = np.float32(alpha)
+    w_img = np.where(parallel, np.float32(1.0) - alpha32, np.sin((np.float32(1.0) - alpha32) * theta) / safe_sin)
+    w_txt = np.where(parallel, alpha32, np.sin(alpha32 * theta) / safe_sin)
+    return normalize(w_img * a + w_txt * b)
+
+
+def average(v_img: np.ndarray, v_txt: np.ndarray) -> np.ndarray:
+    """The average baseline: mean of the two normalized features, renormalized."""
+    return normalize(normalize(v_img) + normalize(v_txt))
+
+
+def to_pil(image) -> Image.Image:
+    """A path, bytes, PIL image or uint8 array -> an RGB PIL image (EXIF orientation applied)."""
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+            raise ValueError(
+                f"An image array must be uint8 [H, W], [H, W, 3] or [H, W, 4]; got {image.dtype} {image.shape}."
+            )
+        image = Image.fromarray(image)
+    return load_image(image)
+
+
+class Runtime:
+    """Encode images, texts and composed queries with a bundle's graphs (ONNX Runtime or TensorRT)."""
+
+    def __init__(self, bundle: Bundle | str | os.PathLike, backend: str = "ort", device: str = "cpu",
+                 precision: str = "fp32", batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = None,
+                 verify: bool = True):
+        if backend not in BACKENDS:
+            raise BackendError(f"Unknown backend {backend!r}: use one of {BACKENDS}.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        kind, self.device_id = parse_device(device)
+        if backend == "trt" and kind != "cuda":
+            raise BackendError(f"The trt backend runs TensorRT engines on a GPU: use --device cuda, not {device!r}.")
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify=verify)
+        self.backend, self.device, self.precision = backend, device, precision
+        self.batch_size, self.threads = batch_size, threads
+        self._check_precision()
+        self.tokenizer = ClipTokenizer.from_file(self.bundle.verified(self.bundle.tokenizer_file),
+                                                 self.bundle.context_length)
+        self._sessions: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    # --- what the bundle is ------------------------------------------------------------------------------
+    @property
+    def embed_dim(self) -> int:
+        return self.bundle.embed_dim
+
+    @property
+    def placeholder(self) -> str | None:
+        return self.bundle.placeholder
+
+    @property
+    def default_method(self) -> str:
+        return self.bundle.default_method
+
+    @property
+    def bundle_id(self) -> str:
+        return self.bundle.bundle_id
+
+    @property
+    def image_space_id(self) -> str:
+        return self.bundle.image_space_id
+
+    def _check_precision(self) -> None:
+        """An unknown precision fails here, not at the first call."""
+        if self.backend == "ort":
+            self.bundle.graph(IMAGE_ENCODER, self.precision)
+        elif not self.bundle.engines_for(IMAGE_ENCODER, self.precision):
+            built = sorted({(e.graph, e.precision) for e in self.bundle.engines})
+            raise BackendError(f"Bundle {self.bundle.path} has no {self.precision} TensorRT engines (it has "
+                               f"{built or 'none'}): build them with `zscir-export engines`, or use --backend ort.")
+
+    # --- graph sessions ----------------------------------------------------------------------------------
+    def _session(self, graph: str):
+        with self._lock:
+            if graph not in self._sessions:
+                self._sessions[graph] = self._open(graph)
+            return self._sessions[graph]
+
+    def _open(self, graph: str):
+        spec = self.bundle.graph(graph, self.precision)
+        if self.backend == "ort":
+            from zscir_infer.backends.ort import OrtSession
+
+            return OrtSession(self.bundle.verified(spec.file), self.device, self.threads,
+                              cache_key=spec.file.sha256[:16])
+        from zscir_infer.backends import trt
+
+        engines = self.bundle.engines_for(graph, self.precision)
+        if not engines:
+            raise BackendError(f"Bundle {self.bundle.path} has no {self.precision} TensorRT engine for {graph}: "
+                               "build engines with `zscir-export engines`, or use --backend ort.")
+        local_cc = trt.device_compute_capability(self.device_id)
+        cc = trt.normalize_compute_capability
+        engine = next((e for e in engines if e.compute_capability and cc(e.compute_capability) == local_cc),
+                      engines[0])
+        trt.check_compatible(engine.file.path, engine.tensorrt_version, engine.compute_capability,
+                             trt.tensorrt_version(), local_cc)
+        return trt.TrtEngine(self.bundle.verified(engine.file), self.device_id)
+
+    def providers_used(self, graphs: Sequence[str] | None = None) -> dict[str, list[str]]:
+        """{graph: providers} for the given graphs (default: all in the bundle), opening them if needed."""
+        names = graphs or sorted({name for name, _ in self.bundle.graphs})
+        return {name: self._session(name).providers_used() for name in names}
+
+    def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(self._session(graph).infer(feeds)[OUTPUTS[graph]], dtype=np.float32)
+
+    def _batched(self, graph: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        n = len(next(iter(feeds.values())))
+        if n == 0:
+            return np.empty((0, self.embed_dim), dtype=np.float32)
+        parts = [self._run(graph, {k: v[i:i + self.batch_size] for k, v in feeds.items()})
+                 for i in range(0, n, self.batch_size)]
+        return np.concatenate(parts)
+
+    # --- images ------------------------------------------------------------------------------------------
+    def preprocess(self, images: Sequence) -> np.ndarray:
+        """Images (paths, bytes, PIL, uint8 arrays) -> pixels [B, 3, S, S] float32."""
+        return preprocess([to_pil(im) for im in images], self.bundle.preprocess)
+
+    def image_features(self, pixels: np.ndarray) -> np.ndarray:
+        """Unnormalized image features [B, D] of preprocessed pixels [B, 3, S, S] (what phi consumes)."""
+        size = self.bundle.preprocess.image_size
+        if pixels.ndim != 4 or pixels.shape[1:] != (3, size, size):
+            raise ValueError(f"pixels must be [B, 3, {size}, {size}] for this bundle, got {list(pixels.shape)}.")
+        return self._batched(IMAGE_ENCODER, {PIXELS: pixels})
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Normalized image features [B, D] of preprocessed pixels [B, 3, S, S]."""
+        return normalize(self.image_features(pixels))
+
+    def _image_features_of(self, images: Sequence) -> np.ndarray:
+        """Unnormalized features [N, D], decoding and preprocessing one batch at a time."""
+        parts = [self.image_features(self.preprocess(images[i:i + self.batch_size]))
+                 for i in range(0, len(images), self.batch_size)]
+        return np.concatenate(parts) if parts else np.empty((0, self.embed_dim), dtype=np.float32)
+
+    def encode_images(self, images: Sequence) -> np.ndarray:
+        """Normalized image features [N, D] of images (paths, bytes, PIL images or uint8 arrays)."""
+        return normalize(self._image_features_of(list(images)))
+
+    # --- texts -------------------------------------------------------------------------------------------
+    def token_ids(self, texts: Sequence[str]) -> np.ndarray:
+        return self.tokenizer(list(texts))  # [B, 77]
+
+    def text_features(self, texts: Sequence[str]) -> np.ndarray:
+        """Unnormalized text features [N, D] of raw texts (no template)."""
+        return self._batched(TEXT_ENCODER, {TOKEN_IDS: self.token_ids(texts)})
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return normalize(self.text_features(texts))
+
+    # --- composed queries --------------------------------------------------------------------------------
+    def template(self, template: str | None = None) -> str:
+        """The phi prompt: a template string, the name of one of the bundle's templates, or its default."""
+        templates = self.bundle.templates
+        if template is None:
+            if "default" not in templates:
+                raise TemplateError(f"Bundle {self.bundle.path} has no default template: pass one, e.g. "
+                                    f"'a photo of {self.placeholder} that {{caption}}'.")
+            return templates["default"]
+        return templates.get(template, template)
+
+    def encode_queries(self, queries: Sequence[tuple], method: str | None = None, template: str | None = None,
+                       alpha: float | None = None) -> np.ndarray:
+        """Normalized query features [Q, D] for (reference image, modification text) pairs.
+
+        method: "phi" (the bundle's pseudo-token encoder; its default when it has one), "slerp" (alpha =
+        text weight, default the bundle's), or the baselines "image", "text", "average". The template
+        applies to phi only; the other methods use the text as given.
+        """
+        method = method or self.default_method
+        if method not in METHODS:
+            raise ValueError(f"Unknown method {method!r}: use one of {METHODS}.")
+        if alpha is not None and not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha is the text weight of slerp and must be in [0, 1], got {alpha}.")
+        queries = list(queries)
+        images, texts = [q[0] for q in queries], [q[1] for q in queries]
+        if method == "phi":
+            return self._encode_phi(images, texts, self.template(template))
+        if method == "text":
+            return self.encode_texts(texts)
+        v_img = self._image_features_of(images)
+        if method == "image":
+            return normalize(v_img)
+        v_txt = self.text_features(texts)
+        if method == "average":
+            return average(v_img, v_txt)
+        return slerp(v_img, v_txt, self.bundle.slerp_alpha if alpha is None else alpha)
+
+    def _encode_phi(self, images: list, texts: list[str], template: str) -> np.ndarray:
+        if not self.bundle.has_phi:  # fail before any image is decoded
+            raise ValueError(f"Method 'phi' needs a query encoder; bundle {self.bundle.path} "
+                             f"(method {self.bundle.method}) has none{NO_PHI}.")
+        prompts = [fill_template(template, t, self.placeholder) for t in texts]
+        parts = []
+        for i in range(0, len(prompts), self.batch_size):
+            v_img = self._image_features_of(images[i:i + self.batch_size])  # [B, D] unnormalized
+            ids = self.token_ids(prompts[i:i + self.batch_size])  # [B, 77]
+            parts.append(self._run(QUERY_ENCODER, {IMAGE_FEATURES: v_img, TOKEN_IDS: ids}))
+        return np.concatenate(parts) if parts else np.empty((0, self.embed_dim), dtype=np.float32)
+
+    def close(self) -> None:
+        with self._lock:
+            for session in self._sessions.values():
+                session.close()
+            self._sessions.clear()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
