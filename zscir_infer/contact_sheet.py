@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from zscir_infer.atomic import atomic_write_bytes, atomic_write_text
 from zscir_infer.preprocess import load_image
@@ -58,7 +58,7 @@ def _thumbnail(source) -> Image.Image:
         image = load_image(source)
     except (ValueError, OSError):
         return tile
-    image.thumbnail((THUMB, THUMB), Image.Resampling.BICUBIC)
+    image = ImageOps.contain(image, (THUMB, THUMB), Image.Resampling.BICUBIC)  # small images scale up too
     tile.paste(image, ((THUMB - image.width) // 2, (THUMB - image.height) // 2))
     return tile
 

@@ -256,7 +256,7 @@ class Runtime:
         queries = list(queries)
         images, texts = [q[0] for q in queries], [q[1] for q in queries]
         if method == "phi":
-            return self._encode_phi(images, texts, self.template(template))
+            return self._encode_phi(images, texts, template)
         if method == "text":
             return self.encode_texts(texts)
         v_img = self._image_features_of(images)
@@ -267,10 +267,11 @@ class Runtime:
             return average(v_img, v_txt)
         return slerp(v_img, v_txt, self.bundle.slerp_alpha if alpha is None else alpha)
 
-    def _encode_phi(self, images: list, texts: list[str], template: str) -> np.ndarray:
+    def _encode_phi(self, images: list, texts: list[str], template: str | None) -> np.ndarray:
         if not self.bundle.has_phi:  # fail before any image is decoded
             raise ValueError(f"Method 'phi' needs a query encoder; bundle {self.bundle.path} "
                              f"(method {self.bundle.method}) has none{NO_PHI}.")
+        template = self.template(template)
         prompts = [fill_template(template, t, self.placeholder) for t in texts]
         parts = []
         for i in range(0, len(prompts), self.batch_size):

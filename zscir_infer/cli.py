@@ -1,0 +1,217 @@
+"""`zscir-infer`: composed image retrieval with a bundle and a gallery, torch-free.
+
+    zscir-infer query img.png "as a sketch"                          # after the demo: default bundle/gallery
+    zscir-infer query img.png "make it red" -k 5 --method slerp --json
+    zscir-infer query --batch queries.jsonl --show sheet.html         # many queries, a contact sheet
+    zscir-infer index photos/ --out zscir-out/gallery                 # see index_cli
+    zscir-infer bundle-info zscir-out/bundle                          # what a bundle holds, what runs it
+
+Bundle and gallery default to $ZSCIR_BUNDLE / $ZSCIR_GALLERY, else ./zscir-out/bundle and
+./zscir-out/gallery (where `make demo` writes them).
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from zscir_infer.backends import BackendError
+from zscir_infer.bundle import BundleError, load_bundle
+from zscir_infer.gallery import Gallery, GalleryError
+from zscir_infer.index_cli import DEFAULT_BUNDLE, DEFAULT_GALLERY
+from zscir_infer.index_cli import register as register_index
+from zscir_infer.preprocess import ImageLoadError
+from zscir_infer.query import QueryError, QueryRequest, read_batch, recall, run_queries, sheet_rows
+from zscir_infer.runtime import DEFAULT_BATCH_SIZE, Runtime
+from zscir_infer.tokenizer import TokenizerError
+
+EXIT_ERROR = 1
+MAX_ECHOED_BATCH = 50  # queries printed in full; a larger batch prints its summary only
+
+app = typer.Typer(
+    help="Zero-shot composed image retrieval with a zscir bundle: query a gallery, index images, inspect bundles.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+console = Console(highlight=False, soft_wrap=True)  # soft wrap: long paths stay on one line in pipes
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class Method(str, Enum):
+    phi = "phi"
+    slerp = "slerp"
+    image = "image"
+    text = "text"
+    average = "average"
+
+
+BundleDir = Annotated[Path, typer.Option("--bundle", "-b", envvar="ZSCIR_BUNDLE", help="The bundle directory.")]
+GalleryDir = Annotated[Path, typer.Option("--gallery", "-g", envvar="ZSCIR_GALLERY", help="The gallery directory.")]
+Backend = Annotated[str, typer.Option("--backend", help="ort (ONNX Runtime) or trt (native TensorRT engines).")]
+Device = Annotated[str, typer.Option("--device", help="cpu, cuda[:N], or tensorrt[:N] (ONNX Runtime's TensorRT EP).")]
+Precision = Annotated[str, typer.Option("--precision", help="Graph variant: fp32, fp16 or int8 (as exported).")]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images or texts per encoder call.")]
+Threads = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads per graph (default: all cores).")]
+
+RUNTIME_ERRORS = (BundleError, BackendError, GalleryError, QueryError, ImageLoadError, TokenizerError, ValueError)
+
+
+def fail(message: str) -> None:
+    err_console.print(f"[red]Error:[/red] {escape(message)}")
+    raise typer.Exit(EXIT_ERROR)
+
+
+def check_bundle_dir(bundle: Path) -> None:
+    if not (bundle / "manifest.json").is_file():
+        default = " (the default; set ZSCIR_BUNDLE or pass --bundle)" if bundle == DEFAULT_BUNDLE else ""
+        fail(f"No bundle at {bundle}{default}. Run `make demo` to build the demo's bundle, or export one with "
+             "`zscir-export`.")
+
+
+def check_gallery_dir(gallery: Path) -> None:
+    if not (gallery / "gallery.json").is_file():
+        default = " (the default; set ZSCIR_GALLERY or pass --gallery)" if gallery == DEFAULT_GALLERY else ""
+        fail(f"No gallery at {gallery}{default}. Build one with `zscir-infer index IMAGES --out {gallery}`, "
+             "or run `make demo`.")
+
+
+def print_results(results) -> None:
+    for number, result in enumerate(results, start=1):
+        request = result.request
+        label = escape(f"[{request.id}] ") if request.id is not None else ""
+        console.print(f"\n{label}query {number}: {escape(request.reference)} + \"{escape(request.text)}\"  "
+                      f"({result.method})")
+        console.print(f"{'rank':>4}  {'score':>7}  path")
+        for hit in result.hits:
+            mark = {True: "  [green]✓ target[/green]", False: "", None: ""}[hit.correct]
+            console.print(f"{hit.rank:>4}  {hit.score:7.4f}  {escape(hit.path)}{mark}")
+        if not result.hits:
+            console.print("      (the gallery is empty)")
+
+
+def print_recall(results, k: int) -> None:
+    scores = recall(results, k)
+    if scores:
+        judged = sum(r.request.targets is not None for r in results)
+        console.print(f"\nrecall over {judged} queries with targets ({results[0].method}): "
+                      + "  ".join(f"{name} {value:.3f}" for name, value in scores.items()))
+
+
+@app.command("query")
+def query(
+    reference: Annotated[str | None, typer.Argument(
+        help="The reference image: a file, or the name of a gallery image.", show_default=False)] = None,
+    text: Annotated[str | None, typer.Argument(help="How to change it, e.g. 'as a sketch'.", show_default=False)] = None,
+    bundle: BundleDir = DEFAULT_BUNDLE,
+    gallery: GalleryDir = DEFAULT_GALLERY,
+    k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="Results per query.")] = 10,
+    method: Annotated[Method | None, typer.Option(
+        "--method", help="phi (the bundle's pseudo-token encoder), slerp, or a baseline: image, text, average. "
+        "Default: phi, or slerp for a slerp bundle.", show_default=False)] = None,
+    template: Annotated[str | None, typer.Option(
+        "--template", help="phi prompt with the placeholder and {caption}, or a template name from the bundle.")] = None,
+    alpha: Annotated[float | None, typer.Option(
+        "--alpha", min=0.0, max=1.0, help="slerp text weight (default: the bundle's).")] = None,
+    exclude_ref: Annotated[bool, typer.Option(
+        "--exclude-ref", help="Leave the reference image out of the results (CIRR's protocol).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per query on stdout.")] = False,
+    show: Annotated[Path | None, typer.Option(
+        "--show", help="Write a contact sheet of the queries and results: .png or .html.")] = None,
+    batch: Annotated[Path | None, typer.Option(
+        "--batch", help="Run the queries of a JSONL or CSV file (reference, text, optional targets).")] = None,
+    backend: Backend = "ort",
+    device: Device = "cpu",
+    precision: Precision = "fp32",
+    batch_size: BatchSize = DEFAULT_BATCH_SIZE,
+    threads: Threads = None,
+) -> None:
+    """Retrieve the gallery images that match REFERENCE changed as TEXT says; prints rank, score and path."""
+    if batch is None and (reference is None or text is None):
+        raise typer.BadParameter("Give REFERENCE and TEXT, or --batch FILE.")
+    if batch is not None and (reference is not None or text is not None):
+        raise typer.BadParameter("Give either REFERENCE and TEXT, or --batch FILE, not both.")
+    if show is not None and show.suffix.lower() not in (".png", ".html"):
+        raise typer.BadParameter(f"--show {show}: use a .png or .html file name.")
+    check_bundle_dir(bundle)
+    check_gallery_dir(gallery)
+    try:
+        requests = read_batch(batch) if batch else [QueryRequest(reference, text)]
+        with Runtime(bundle, backend, device, precision, batch_size, threads) as runtime, \
+                Gallery.open(gallery, bundle_id=runtime.bundle_id) as g:
+            results = run_queries(runtime, g, requests, k=k, method=method.value if method else None,
+                                  template=template, alpha=alpha, exclude_ref=exclude_ref,
+                                  base_dir=batch.parent if batch else None)
+    except RUNTIME_ERRORS as exc:
+        fail(str(exc))
+    if as_json:
+        for result in results:
+            typer.echo(json.dumps(result.to_json(), ensure_ascii=False))
+    else:
+        if len(results) <= MAX_ECHOED_BATCH:
+            print_results(results)
+        print_recall(results, k)
+    if show is not None:
+        from zscir_infer.contact_sheet import write_contact_sheet
+
+        write_contact_sheet(show, sheet_rows(results))
+        err_console.print(f"contact sheet: {show}")
+
+
+@app.command("bundle-info")
+def bundle_info(
+    bundle: Annotated[Path, typer.Argument(envvar="ZSCIR_BUNDLE", help="The bundle directory.")] = DEFAULT_BUNDLE,
+    backend: Backend = "ort",
+    device: Device = "cpu",
+    precision: Precision = "fp32",
+    verify: Annotated[bool, typer.Option(help="Check every file's sha256 now.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """What a bundle holds (method, backbone, prompts, preprocessing, graphs) and which providers run it."""
+    check_bundle_dir(bundle)
+    try:
+        loaded = load_bundle(bundle)
+        if verify:
+            loaded.verify_all()
+        summary = loaded.summary()
+        with Runtime(loaded, backend, device, precision) as runtime:
+            summary["providers"] = runtime.providers_used()
+    except RUNTIME_ERRORS as exc:
+        fail(str(exc))
+    summary["verified"] = verify
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    typer.echo("\n".join(summary_lines(summary, f"{backend}, {device}, {precision}")))
+
+
+def summary_lines(summary: dict, runner: str) -> list[str]:
+    backbone, placeholder = summary["backbone"], summary["placeholder"]
+    lines = [
+        f"{summary['path']}  (zscir bundle v{summary['format_version']}, zscir {summary['zscir_version']}, "
+        f"created {summary['created']})",
+        f"method {summary['method']}; backbone {backbone['name']} ({backbone['pretrained'] or 'no pretrained tag'}); "
+        f"D={summary['embed_dim']} W={summary['width']} context {summary['context_length']}",
+        f"placeholder {placeholder['text']!r} (id {placeholder['id']})" if placeholder
+        else "no placeholder (training-free composition)",
+        *(f"template {name}: {template}" for name, template in summary["templates"].items()),
+        f"slerp alpha {summary['slerp_alpha']}; preprocess {json.dumps(summary['preprocess'])}",
+        *(f"graph {name}: {g['file']} ({g['bytes'] / 1e6:.1f} MB)" for name, g in summary["graphs"].items()),
+        *(f"engine {e['graph']} {e['precision']}: {e['file']} (TensorRT {e['tensorrt_version']}, compute "
+          f"capability {e['compute_capability']})" for e in summary["engines"]),
+        *(f"runs {graph} ({runner}) on: {', '.join(providers)}" for graph, providers in summary["providers"].items()),
+        f"sha256: {'every file verified' if summary['verified'] else 'not checked (--no-verify)'}; "
+        f"bundle id {summary['bundle_id'][:16]}",
+    ]
+    return lines
+
+
+register_index(app)
+
+if __name__ == "__main__":
+    app()
