@@ -34,7 +34,7 @@ PQ_BITS = 8
 PQ_DIMS_PER_SUBQUANTIZER = 8
 MIN_PQ_TRAIN_POINTS = 2**PQ_BITS * MIN_TRAIN_POINTS_PER_LIST
 MAX_TRAIN_POINTS_PER_CENTROID = 256  # faiss's k-means subsamples to this many (ClusteringParameters)
-REFINE_K_FACTOR = 8  # the shortlist IVF-PQ hands to the exact re-ranking, in multiples of k
+REFINE_K_FACTOR = 16  # the shortlist IVF-PQ hands to the exact re-ranking, in multiples of k
 ADD_CHUNK = 65_536  # vectors added per call, bounding the temporary copies
 
 
@@ -169,6 +169,9 @@ def build_index(
     factory = resolve_factory(spec, n, d)
     check_spec(factory, d)
     index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    for part in _parts(index):
+        if isinstance(part, faiss.IndexIVFPQ):  # polysemous codes serve Hamming filtering, unused here,
+            part.do_polysemous_training = False  # and cost 3x the PQ training time
     search_params = {**default_search_params(index), **(params or {})}
     if gpu if gpu is not None else gpu_count() > 0:
         index = to_gpu(index)

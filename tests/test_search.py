@@ -1,0 +1,124 @@
+"""FAISS index specs against the numpy brute-force oracle: flat is exact, HNSW and IVF-PQ+refine recall@10."""
+
+# ruff: noqa: N806 -- xb, xq, D, I: FAISS's names
+
+import faiss
+import numpy as np
+import pytest
+
+from tests.fixtures.gallery import brute_force, clustered_unit_vectors, recall_at_k
+from zscir_infer.search import (
+    AUTO_FLAT_MAX,
+    MIN_PQ_TRAIN_POINTS,
+    IndexSpecError,
+    build_index,
+    check_search_params,
+    check_spec,
+    default_search_params,
+    gpu_count,
+    pq_subquantizers,
+    resolve_factory,
+    set_search_params,
+    to_cpu,
+    to_gpu,
+)
+
+K = 10
+N, D_DIM, N_QUERIES = 20_000, 64, 200
+MIN_RECALL = 0.9  # HNSW32 and IVF-PQ + exact re-ranking on clustered vectors (both measure ~0.97-1.0)
+
+
+@pytest.fixture(scope="module")
+def data():
+    x = clustered_unit_vectors(N + N_QUERIES, D_DIM, seed=1, n_clusters=100)
+    xb, xq = x[:N], x[N:]
+    return xb, xq, brute_force(xq, xb, K)
+
+
+def test_flat_equals_numpy_brute_force(data):
+    xb, xq, (D_true, I_true) = data
+    index = build_index(xb, "flat")
+    D, I = index.search(xq, K)
+    np.testing.assert_array_equal(I, I_true)
+    np.testing.assert_allclose(D, D_true, atol=1e-5)
+
+
+def test_auto_is_exact_below_the_threshold_and_hnsw_above():
+    assert resolve_factory("auto", AUTO_FLAT_MAX - 1, 512) == "Flat"
+    assert resolve_factory("auto", AUTO_FLAT_MAX, 512) == "HNSW32,Flat"
+    assert resolve_factory("ivfpq", 200_000, 512) == "IVF2048,PQ64x8,RFlat"
+    assert resolve_factory("IVF256,Flat", 10, 512) == "IVF256,Flat"  # factory strings pass through
+
+
+def test_pq_subquantizers_divide_the_dimension():
+    for d, m in [(512, 64), (768, 96), (48, 6), (1024, 128), (50, 5)]:
+        assert pq_subquantizers(d) == m and d % m == 0
+
+
+def test_hnsw_recall_at_10(data):
+    xb, xq, (_, I_true) = data
+    index = build_index(xb, "hnsw")
+    assert default_search_params(index) == {"efSearch": 64}
+    recall = recall_at_k(index.search(xq, K)[1], I_true)
+    print(f"HNSW32 efSearch=64 recall@10 = {recall:.3f}")
+    assert recall >= MIN_RECALL
+    set_search_params(index, {"efSearch": 8})
+    assert recall_at_k(index.search(xq, K)[1], I_true) < recall  # the parameter reached the index
+
+
+def test_ivfpq_needs_its_refine_stage(data):
+    xb, xq, (D_true, I_true) = data
+    index = build_index(xb, "ivfpq")
+    params = default_search_params(index)
+    assert set(params) == {"nprobe", "k_factor_rf"}
+    D, I = index.search(xq, K)
+    recall = recall_at_k(I, I_true)
+    np.testing.assert_allclose(D[I == I_true], D_true[I == I_true], atol=1e-5)  # re-ranked by exact scores
+    set_search_params(index, {"k_factor_rf": 1})  # re-ranks only PQ's own top k: PQ's recall
+    pq_recall = recall_at_k(index.search(xq, K)[1], I_true)
+    print(f"IVF-PQ recall@10 = {pq_recall:.3f} without refine, {recall:.3f} with RFlat (k_factor {params['k_factor_rf']})")
+    assert recall >= MIN_RECALL and recall > pq_recall
+
+
+def test_ivfpq_refuses_galleries_too_small_to_train():
+    with pytest.raises(IndexSpecError, match="--index flat"):
+        resolve_factory("ivfpq", MIN_PQ_TRAIN_POINTS - 1, 64)
+
+
+def test_ivf_flat_factory_string_with_nprobe_override(data):
+    xb, xq, (_, I_true) = data
+    index = build_index(xb, "IVF64,Flat", {"nprobe": 64})
+    assert faiss.extract_index_ivf(index).nprobe == 64
+    np.testing.assert_array_equal(index.search(xq, K)[1], I_true)  # every list probed: exact
+
+
+@pytest.mark.parametrize("spec", ["IVF", "HNSWx", "Flat,Flat", "PQ7x8"])  # PQ7 does not divide 64
+def test_unknown_or_unbuildable_specs_are_refused_before_any_work(spec):
+    with pytest.raises(IndexSpecError, match="index_factory"):
+        check_spec(spec, 64)
+
+
+def test_search_parameters_that_do_not_apply_are_refused():
+    with pytest.raises(IndexSpecError, match="efSearch"):
+        check_search_params("flat", 1000, 64, {"efSearch": 32})
+    with pytest.raises(IndexSpecError, match="nprobe"):
+        check_search_params("auto", AUTO_FLAT_MAX, 64, {"nprobe": 4})
+    check_search_params("auto", AUTO_FLAT_MAX, 64, {"efSearch": 32})
+
+
+def test_without_gpus_indexes_stay_on_the_cpu(data):
+    if gpu_count() > 0:
+        pytest.skip("faiss has GPUs here: test_gpu_flat_equals_cpu_flat covers it")
+    index = build_index(data[0][:100], "flat")
+    assert to_gpu(index) is index and to_cpu(index) is index
+
+
+@pytest.mark.gpu
+def test_gpu_flat_equals_cpu_flat(data):
+    if gpu_count() == 0:
+        pytest.skip("faiss has no GPU here (faiss-cpu, or no CUDA device)")
+    xb, xq, (D_true, I_true) = data
+    index = build_index(xb, "flat", gpu=True)
+    D, I = index.search(xq, K)
+    np.testing.assert_array_equal(I, I_true)
+    assert to_cpu(index).ntotal == N
