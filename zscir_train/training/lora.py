@@ -1,0 +1,108 @@
+"""LoRA on the linear layers of open_clip's image encoder, and merging it back into plain weights.
+
+delta W = B @ A * alpha / rank, A [r, in] Kaiming-uniform, B [out, r] zeros (so training starts from
+the pretrained encoder). Two attachments, because nn.MultiheadAttention does not call its linears:
+- MLP linears (`c_fc`, `c_proj`) and any other nn.Linear: a forward hook adds B(A(dropout(x))) * scale,
+  the standard LoRA with input dropout;
+- attention (`in_proj_weight`, the fused q/k/v [3E, E], and `out_proj.weight`): a weight
+  parametrization W + B @ A * scale. MultiheadAttention reads these tensors directly, so the input
+  dropout of LoRA cannot apply there: these two adapters train without dropout.
+`merged_state_dict` gives the model's state dict with every delta folded into its weight and the
+original key names, loadable by open_clip into the unmodified architecture.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+PARAMETRIZED = ".parametrizations."
+HOOK_LORA = ".lora."
+
+
+class LoRADelta(nn.Module):
+    """B @ A * scale for a weight [out, in]."""
+
+    def __init__(self, out_features: int, in_features: int, rank: int, alpha: float):
+        super().__init__()
+        self.A = nn.Parameter(torch.empty(rank, in_features))
+        self.B = nn.Parameter(torch.zeros(out_features, rank))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        self.scale = alpha / rank
+
+    def delta(self) -> torch.Tensor:  # [out, in]
+        return self.B @ self.A * self.scale
+
+
+class WeightLoRA(LoRADelta):
+    """Parametrization: the weight seen by the module is W + delta."""
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + self.delta().to(weight.dtype)
+
+
+class InputLoRA(LoRADelta):
+    """The LoRA branch of an nn.Linear: B(A(dropout(x))) * scale, added to its output by a hook."""
+
+    def __init__(self, linear: nn.Linear, rank: int, alpha: float, dropout: float):
+        super().__init__(linear.out_features, linear.in_features, rank, alpha)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out]
+        x = self.dropout(x)
+        return (x @ self.A.T.to(x.dtype)) @ self.B.T.to(x.dtype) * self.scale
+
+
+def _add_lora_branch(module: nn.Linear, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+    return output + module.lora(inputs[0])
+
+
+def add_lora(encoder: nn.Module, rank: int, alpha: float, dropout: float) -> int:
+    """Attach LoRA to every linear map of `encoder` (in place); returns how many weights were adapted."""
+    attention = [m for m in encoder.modules() if isinstance(m, nn.MultiheadAttention)]
+    inside_attention = {id(m.out_proj) for m in attention}
+    count = 0
+    for mha in attention:
+        if mha._qkv_same_embed_dim:
+            out, inp = mha.in_proj_weight.shape
+            parametrize.register_parametrization(mha, "in_proj_weight", WeightLoRA(out, inp, rank, alpha))
+            count += 1
+        parametrize.register_parametrization(
+            mha.out_proj, "weight", WeightLoRA(mha.out_proj.out_features, mha.out_proj.in_features, rank, alpha))
+        count += 1
+    for module in list(encoder.modules()):
+        if isinstance(module, nn.Linear) and id(module) not in inside_attention:
+            module.lora = InputLoRA(module, rank, alpha, dropout)
+            module.register_forward_hook(_add_lora_branch)
+            count += 1
+    if count == 0:
+        raise ValueError(f"{type(encoder).__name__} has no linear layer to adapt with LoRA.")
+    return count
+
+
+def lora_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
+    return {name: p for name, p in module.named_parameters() if p.requires_grad}
+
+
+@torch.no_grad()
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with LoRA folded in: original key names, no LoRA tensors."""
+    state = {}
+    for key, value in model.state_dict().items():
+        if HOOK_LORA in key:
+            continue
+        if PARAMETRIZED in key:
+            if key.endswith(".original"):
+                owner, rest = key.split(PARAMETRIZED)
+                name = rest.removesuffix(".original")
+                state[f"{owner}.{name}"] = getattr(model.get_submodule(owner), name).detach().clone()
+            continue
+        state[key] = value.detach().clone()
+    for name, module in model.named_modules():
+        if isinstance(getattr(module, "lora", None), InputLoRA):
+            weight = state[f"{name}.weight"]
+            state[f"{name}.weight"] = weight + module.lora.delta().to(weight.dtype)
+    return state
