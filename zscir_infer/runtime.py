@@ -168,12 +168,11 @@ class Runtime:
         if not engines:
             raise BackendError(f"Bundle {self.bundle.path} has no {self.precision} TensorRT engine for {graph}: "
                                "build engines with `zscir-export engines`, or use --backend ort.")
-        local_cc = trt.device_compute_capability(self.device_id)
+        local_trt, local_cc = trt.tensorrt_version(), trt.device_compute_capability(self.device_id)
         cc = trt.normalize_compute_capability
         engine = next((e for e in engines if e.compute_capability and cc(e.compute_capability) == local_cc),
                       engines[0])
-        trt.check_compatible(engine.file.path, engine.tensorrt_version, engine.compute_capability,
-                             trt.tensorrt_version(), local_cc)
+        trt.check_compatible(engine.file.path, engine.tensorrt_version, engine.compute_capability, local_trt, local_cc)
         return trt.TrtEngine(self.bundle.verified(engine.file), self.device_id)
 
     def providers_used(self, graphs: Sequence[str] | None = None) -> dict[str, list[str]]:

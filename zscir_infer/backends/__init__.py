@@ -20,8 +20,8 @@ class BackendError(RuntimeError):
 
 def parse_device(device: str) -> tuple[str, int]:
     """'cpu' -> ('cpu', 0); 'cuda' -> ('cuda', 0); 'cuda:1' / 'tensorrt:1' -> (kind, 1)."""
-    kind, _, index = device.partition(":")
-    if kind not in ORT_DEVICES or (index and not index.isdigit()) or (kind == "cpu" and index):
+    kind, colon, index = device.partition(":")
+    if kind not in ORT_DEVICES or (colon and not index.isdigit()) or (kind == "cpu" and colon):
         raise BackendError(
             f"Unknown device {device!r}: use 'cpu', 'cuda', 'cuda:N' (a GPU index) or 'tensorrt[:N]' "
             "(ONNX Runtime's TensorRT execution provider)."

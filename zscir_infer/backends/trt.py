@@ -80,7 +80,10 @@ def tensorrt_version() -> str:
 
 def device_compute_capability(device_id: int = 0) -> str:
     cudart = _import_cudart()
-    count = _check(cudart, cudart.cudaGetDeviceCount())
+    err, count = cudart.cudaGetDeviceCount()
+    if err != cudart.cudaError_t.cudaSuccess:
+        raise BackendError(f"The trt backend needs a CUDA GPU, but CUDA reports {err.name} (no NVIDIA GPU or "
+                           "driver on this machine?): use --backend ort --device cpu here.")
     if device_id >= count:
         raise BackendError(f"GPU {device_id} was asked for, but this machine has {count} CUDA device(s).")
     props = _check(cudart, cudart.cudaGetDeviceProperties(device_id))
