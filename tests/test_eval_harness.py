@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.fixtures.eval_layouts import write_image
 from zscir_infer.eval import Harness, MissingImagesError, run_benchmark, write_result
 from zscir_infer.eval.cirr import read_cirr
 from zscir_infer.eval.fashioniq import read_fashioniq
@@ -81,12 +82,35 @@ def test_gallery_is_encoded_once_and_cached(reference, cirr_root, tmp_path):
     first = run_benchmark(harness, "cirr", cirr_root, method="image")
     assert reference.encoded - start == 8  # the gallery; queries go through encode_queries
     second = run_benchmark(harness, "cirr", cirr_root, method="average")
-    assert reference.encoded - start == 8  # read back from the cache
-    assert len(list((tmp_path / "cache").glob("gallery-*.npy"))) == 1
-    other_encoder = Harness(reference, "another-encoder", tmp_path / "cache")
-    run_benchmark(other_encoder, "cirr", cirr_root, method="image")
-    assert reference.encoded - start == 16  # the cache is keyed by the encoder
-    assert first.num_queries == second.num_queries == 3
+    assert reference.encoded - start == 8  # read back from the gallery store
+    assert [p.name for p in (tmp_path / "cache").glob("gallery-*/gallery.json")] == ["gallery.json"]
+    run_benchmark(
+        Harness(reference, "another-image-space", tmp_path / "cache"), "cirr", cirr_root, method="image"
+    )
+    assert reference.encoded - start == 16  # the store is keyed by the image space
+    write_image(read_cirr(cirr_root).gallery[3].path, 99)  # a changed file is encoded again
+    third = run_benchmark(harness, "cirr", cirr_root, method="image")
+    assert reference.encoded - start == 17
+    assert first.num_queries == second.num_queries == third.num_queries == 3
+
+
+class InterruptedReference(CountingReference):
+    """The real reference, stopped (as by Ctrl-C) when asked to encode its second gallery batch."""
+
+    def encode_images(self, images):
+        if self.encoded:
+            raise KeyboardInterrupt
+        return super().encode_images(images)
+
+
+def test_an_interrupted_gallery_keeps_its_finished_batches(reference, cirr_root, tmp_path):
+    interrupted = InterruptedReference(reference.backbone)  # same image tower, so the same image space
+    with pytest.raises(KeyboardInterrupt):
+        Harness(interrupted, "tiny", tmp_path, batch_size=3).gallery_features(read_cirr(cirr_root).gallery)
+    start = reference.encoded
+    xb = Harness(reference, "tiny", tmp_path, batch_size=3).gallery_features(read_cirr(cirr_root).gallery)
+    assert reference.encoded - start == 8 - 3  # the first batch of 3 was kept
+    np.testing.assert_allclose(xb, reference.encode_images(open_all(read_cirr(cirr_root).gallery)), atol=1e-6)
 
 
 def test_circo_image_baseline_retrieves_the_reference_first(reference, circo_root, tmp_path):

@@ -10,6 +10,7 @@ The commands parse and validate, build the encoder, and call `zscir_infer.eval`.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -18,40 +19,50 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from zscir_infer.eval import BENCHMARKS, Harness, MissingImagesError, run_benchmark, write_result
+from zscir_infer.backends import BACKENDS, BackendError
+from zscir_infer.eval import BENCHMARKS, EvalResult, Harness, MissingImagesError, run_benchmark, write_result
 from zscir_infer.eval.harness import DEFAULT_BATCH_SIZE
 
 HASH_CHUNK = 1 << 20
 RANDOM_INIT = "random-init"  # a backbone without weights is drawn anew each run: never cache its features
 EXIT_BAD_INPUT, EXIT_MISSING_IMAGES = 1, 2
+HELP = {
+    "cirr": "CIRR: Recall@{1,5,10,50} without the reference, subset Recall@{1,2,3}; test1 submission files.",
+    "circo": "CIRCO: mAP@{5,10,25,50} over the top 50; test submission file.",
+    "fashioniq": "FashionIQ: Recall@10/50 per category (dress, shirt, toptee) and their means (val).",
+    "genecis": "GeneCIS: Recall@{1,2,3} on its four tasks, per-query galleries, attribute crops.",
+    "imagenet-r": "ImageNet -> ImageNet-R domain conversion (cartoon, origami, toy, sculpture): Recall@10/50.",
+}
 
 app = typer.Typer(
-    help="Evaluate a zscir bundle (or the PyTorch reference) on CIRR, CIRCO, FashionIQ, GeneCIS and ImageNet-R "
-    "in their official layouts and protocols.",
+    help="Evaluate a zscir bundle (or the PyTorch reference) on CIRR, CIRCO, FashionIQ, GeneCIS and "
+    "ImageNet-R in their official layouts and protocols.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
 console = Console()
 err_console = Console(stderr=True)
 
-
-class Method(str, Enum):
-    phi = "phi"
-    slerp = "slerp"
-    image = "image"
-    text = "text"
-    average = "average"
+Method = Enum("Method", {m: m for m in ("phi", "slerp", "image", "text", "average")}, type=str)
+Backend = Enum("Backend", {b: b for b in BACKENDS}, type=str)
 
 
 Root = Annotated[
     Path,
     typer.Option("--root", help="The dataset folder, in the official layout.", exists=True, file_okay=False),
 ]
-Bundle = Annotated[
+BundleDir = Annotated[
     Path | None,
     typer.Option(
         "--bundle", help="A zscir bundle (directory with manifest.json).", exists=True, file_okay=False
     ),
+]
+BackendOpt = Annotated[
+    Backend, typer.Option("--backend", help="With --bundle: ort (ONNX Runtime) or trt (TensorRT engines).")
+]
+Device = Annotated[str, typer.Option("--device", help="With --bundle: cpu, cuda or cuda:N.")]
+Precision = Annotated[
+    str, typer.Option("--precision", help="With --bundle: the graphs' precision (fp32, fp16).")
 ]
 TorchCkpt = Annotated[
     Path | None,
@@ -62,19 +73,19 @@ TorchCkpt = Annotated[
         dir_okay=False,
     ),
 ]
-Backbone = Annotated[
+BackboneName = Annotated[
     str | None,
     typer.Option(
         "--backbone",
-        help="With --torch: the open_clip backbone, when the "
-        "checkpoint does not name it (official ones); alone: no phi (baselines, slerp).",
+        help="With --torch: the open_clip backbone when the checkpoint does not name it (official "
+        "ones); alone: the PyTorch reference without phi (slerp, baselines).",
     ),
 ]
 Pretrained = Annotated[
     str | None, typer.Option("--pretrained", help="With --backbone: open_clip tag or weights file.")
 ]
 Split = Annotated[
-    str, typer.Option("--split", help="val, or test (CIRR test1, CIRCO test): writes submission files.")
+    str, typer.Option("--split", help="val, or test (CIRR test1, CIRCO test): writes the submission files.")
 ]
 MethodOpt = Annotated[Method, typer.Option("--method", help="phi (pseudo-token), slerp, or a baseline.")]
 Template = Annotated[
@@ -84,23 +95,38 @@ Template = Annotated[
         help="Prompt with {placeholder} and {caption} ({domain} for imagenet-r); default: the paper's.",
     ),
 ]
-Out = Annotated[Path, typer.Option("--out", help="Where metrics, submissions and the gallery cache go.")]
+Out = Annotated[
+    Path, typer.Option("--out", help="Where the metrics, the submissions and the gallery cache go.")
+]
 SkipMissing = Annotated[
     bool,
     typer.Option(
         "--skip-missing",
-        help="Leave out queries and gallery images whose files are missing, and report how many.",
+        help="Leave out queries and gallery images whose files are missing; report how many.",
     ),
 ]
-BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per encoder call.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Images per encoder call.", min=1)]
 
-HELP = {
-    "cirr": "CIRR: Recall@{1,5,10,50} without the reference, subset Recall@{1,2,3}; test1 submission files.",
-    "circo": "CIRCO: mAP@{5,10,25,50} over the top 50; test submission file.",
-    "fashioniq": "FashionIQ: Recall@10/50 per category (dress, shirt, toptee) and their means (val).",
-    "genecis": "GeneCIS: Recall@{1,2,3} on its four tasks, per-query galleries, attribute crops.",
-    "imagenet-r": "ImageNet -> ImageNet-R domain conversion (cartoon, origami, toy, sculpture): Recall@10/50.",
-}
+
+@dataclass
+class EncoderChoice:
+    """Which encoder to run: a bundle on a backend, or the PyTorch reference."""
+
+    bundle: Path | None
+    backend: str
+    device: str
+    precision: str
+    ckpt: Path | None
+    backbone: str | None
+    pretrained: str | None
+
+    def build(self):
+        """(encoder, image-space id, encoder id)."""
+        if (self.bundle is None) == (self.ckpt is None and self.backbone is None):
+            raise typer.BadParameter("Pass exactly one of --bundle or --torch/--backbone.")
+        if self.bundle is not None:
+            return bundle_encoder(self.bundle, self.backend, self.device, self.precision)
+        return torch_encoder(self.ckpt, self.backbone, self.pretrained)
 
 
 def file_digest(path: Path) -> str:
@@ -111,18 +137,20 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def bundle_encoder(bundle: Path):
-    """The torch-free runtime on a bundle, keyed by its manifest (which holds every graph's sha256)."""
-    try:
-        from zscir_infer import Runtime
-    except ImportError as exc:
-        raise ValueError("This install has no zscir runtime (zscir_infer.Runtime): use --torch.") from exc
+def bundle_encoder(bundle: Path, backend: str, device: str, precision: str):
+    """The torch-free runtime on a bundle -> (encoder, image-space id, encoder id)."""
+    from zscir_infer import Runtime
 
-    return Runtime(bundle), f"bundle:{file_digest(bundle / 'manifest.json')}"
+    runtime = Runtime(bundle, backend=backend, device=device, precision=precision)
+    setting = f"{backend}:{device.split(':')[0]}:{precision}"  # features differ slightly across these
+    return runtime, f"bundle:{runtime.image_space_id}:{setting}", f"bundle:{runtime.bundle_id}:{setting}"
 
 
 def torch_encoder(ckpt: Path | None, backbone_name: str | None, pretrained: str | None):
-    """The PyTorch reference, from a phi checkpoint and/or a backbone; imported only here."""
+    """The PyTorch reference from a phi checkpoint and/or a backbone -> (encoder, image-space id, encoder id).
+
+    zscir_train is imported here only, so the bundle path never loads torch.
+    """
     from zscir_train.backbone import load_backbone
     from zscir_train.checkpoint import check_dims, load_phi_checkpoint
     from zscir_train.reference import TorchReference
@@ -131,16 +159,18 @@ def torch_encoder(ckpt: Path | None, backbone_name: str | None, pretrained: str 
     name = backbone_name or (meta.backbone_name if meta else None)
     if name is None:
         raise typer.BadParameter(f"{ckpt} does not name its backbone: pass --backbone (and --pretrained).")
-    pretrained = pretrained if backbone_name else (meta.backbone_pretrained if meta else pretrained)
+    if not backbone_name and meta is not None:
+        pretrained = meta.backbone_pretrained
     backbone = load_backbone(name, pretrained)
     if meta is not None:
         check_dims(meta, backbone, ckpt)
     weights = file_digest(Path(pretrained)) if pretrained and Path(pretrained).is_file() else pretrained
-    key = f"torch:{name}:{weights or RANDOM_INIT}:{file_digest(ckpt) if ckpt else 'no-phi'}"
-    return TorchReference(backbone, phi, meta), key
+    image_space = f"torch:{name}:{weights or RANDOM_INIT}"
+    phi_id = file_digest(ckpt) if ckpt else "no-phi"
+    return TorchReference(backbone, phi, meta), image_space, f"{image_space}:{phi_id}"
 
 
-def print_result(result, paths: list[Path]) -> None:
+def print_result(result: EvalResult, paths: list[Path]) -> None:
     table = Table(title=f"{result.benchmark} {result.split} — {result.method} ({result.num_queries} queries)")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -156,36 +186,25 @@ def print_result(result, paths: list[Path]) -> None:
 def evaluate(
     benchmark: str,
     root: Path,
-    bundle: Path | None,
-    ckpt: Path | None,
-    backbone: str | None,
-    pretrained: str | None,
+    choice: EncoderChoice,
     split: str,
-    method: Method,
+    method: str,
     template: str | None,
     out: Path,
     skip_missing: bool,
     batch_size: int,
 ) -> None:
-    if (bundle is None) == (ckpt is None and backbone is None):
-        raise typer.BadParameter("Pass exactly one of --bundle or --torch/--backbone.")
     try:
-        encoder, key = bundle_encoder(bundle) if bundle else torch_encoder(ckpt, backbone, pretrained)
-        cache_dir = None if RANDOM_INIT in key else out / "cache"
-        harness = Harness(encoder, key, cache_dir, batch_size, console=err_console)
+        encoder, image_space, encoder_id = choice.build()
+        cache_dir = None if RANDOM_INIT in image_space else out / "cache"
+        harness = Harness(encoder, image_space, cache_dir, batch_size, err_console, encoder_id)
         result = run_benchmark(
-            harness,
-            benchmark,
-            root,
-            split=split,
-            method=method.value,
-            template=template,
-            skip_missing=skip_missing,
+            harness, benchmark, root, split=split, method=method, template=template, skip_missing=skip_missing
         )
     except MissingImagesError as exc:
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(EXIT_MISSING_IMAGES) from exc
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, BackendError) as exc:
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(EXIT_BAD_INPUT) from exc
     print_result(result, write_result(result, out))
@@ -194,9 +213,12 @@ def evaluate(
 def benchmark_command(benchmark: str):
     def command(
         root: Root,
-        bundle: Bundle = None,
+        bundle: BundleDir = None,
+        backend: BackendOpt = Backend.ort,
+        device: Device = "cpu",
+        precision: Precision = "fp32",
         ckpt: TorchCkpt = None,
-        backbone: Backbone = None,
+        backbone: BackboneName = None,
         pretrained: Pretrained = None,
         split: Split = "val",
         method: MethodOpt = Method.phi,
@@ -205,20 +227,8 @@ def benchmark_command(benchmark: str):
         skip_missing: SkipMissing = False,
         batch_size: BatchSize = DEFAULT_BATCH_SIZE,
     ) -> None:
-        evaluate(
-            benchmark,
-            root,
-            bundle,
-            ckpt,
-            backbone,
-            pretrained,
-            split,
-            method,
-            template,
-            out,
-            skip_missing,
-            batch_size,
-        )
+        choice = EncoderChoice(bundle, backend.value, device, precision, ckpt, backbone, pretrained)
+        evaluate(benchmark, root, choice, split, method.value, template, out, skip_missing, batch_size)
 
     command.__doc__ = HELP[benchmark]
     return command

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +34,7 @@ from zscir_infer.eval.templates import (
     plain_text,
     prompt_style,
 )
+from zscir_infer.gallery import Gallery
 
 BENCHMARKS = ("cirr", "circo", "fashioniq", "genecis", "imagenet-r")
 READERS = {
@@ -57,56 +58,72 @@ class EvalResult:
     split: str
     method: str
     template: str
-    encoder: str  # the encoder's identity (bundle manifest hash or checkpoint hash)
+    encoder: str  # the encoder's identity (bundle id, or backbone weights and phi checkpoint hashes)
     num_queries: int
     metrics: dict[str, float]
     excluded: dict[str, int] = field(default_factory=dict)  # queries / gallery items / files skipped
     submissions: dict[str, dict] = field(default_factory=dict, repr=False)  # test split files
 
 
-def gallery_digest(encoder_key: str, refs: Sequence[ImageRef]) -> str:
-    """Identity of a gallery's features: the encoder, and every image's key, crop, size and mtime."""
-    h = hashlib.sha256(encoder_key.encode())
-    for ref in refs:
-        stat = ref.path.stat()
-        h.update(f"\n{ref.key}\t{ref.path}\t{ref.box}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
-    return h.hexdigest()
+def store_name(ref: ImageRef) -> str:
+    """The gallery-store name of an image: its file, crop, size and mtime (a changed file is a new item)."""
+    stat = ref.path.stat()
+    return f"{ref.path.resolve()}#{ref.box or ''}#{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def cached_gallery_features(
-    encode: Callable[[Sequence[ImageRef]], np.ndarray],
+    encoded_batches: Callable[[Sequence[ImageRef]], Iterator[np.ndarray]],
     refs: Sequence[ImageRef],
-    encoder_key: str,
+    image_space: str,
+    embed_dim: int,
     cache_dir: Path | None,
 ) -> np.ndarray:
-    """Gallery features [N, D], read from `cache_dir` (a .npy and a names JSON) or encoded and stored."""
+    """Gallery features [N, D] from the gallery store under `cache_dir`, encoding only what it lacks.
+
+    One store per image space (the encoder's image tower and preprocessing); each encoded batch is
+    committed on its own, so an interrupted run keeps what it encoded. encoded_batches(refs) yields
+    features [B, D] batch by batch, in order.
+    """
     if cache_dir is None:
-        return encode(refs)
-    stem = cache_dir / f"gallery-{gallery_digest(encoder_key, refs)[:20]}"
-    features, names = stem.with_suffix(".npy"), stem.with_suffix(".json")
-    keys = [ref.key for ref in refs]
-    if features.is_file() and names.is_file() and json.loads(names.read_text())["keys"] == keys:
-        return np.load(features)
-    xb = encode(refs)
-    with atomic_path(features) as tmp, open(tmp, "wb") as f:
-        np.save(f, xb)
-    atomic_write_json(names, {"encoder": encoder_key, "keys": keys})
-    return xb
+        return np.concatenate(list(encoded_batches(refs)))
+    root = cache_dir / f"gallery-{hashlib.sha256(image_space.encode()).hexdigest()[:20]}"
+    names = [store_name(ref) for ref in refs]
+    if root.exists():
+        store = Gallery.open(root, bundle_id=image_space, writable=True)
+    else:
+        store = Gallery.create(root, bundle_id=image_space, embed_dim=embed_dim, bundle=image_space)
+    with store:
+        stored = store.lookup(names)
+        todo = {n: ref for n, ref in zip(names, refs, strict=True) if n not in stored}  # each name once
+        start = 0
+        for features in encoded_batches(list(todo.values())):
+            batch = list(todo.items())[start : start + len(features)]
+            store.add([n for n, _ in batch], [ref.path for _, ref in batch], features)
+            start += len(features)
+        ids = store.lookup(names)
+        return np.asarray(store.features()[[ids[n].id for n in names]])
 
 
 class Harness:
-    """Encodes galleries (cached) and composed queries (batched) for the benchmark runners."""
+    """Encodes galleries (cached) and composed queries (batched) for the benchmark runners.
+
+    image_space: identity of the encoder's image features (image tower, weights, preprocessing,
+    precision); the gallery cache is keyed by it. encoder_id: identity of the whole encoder (phi
+    included), recorded with the results; defaults to image_space.
+    """
 
     def __init__(
         self,
         encoder,
-        encoder_key: str,
+        image_space: str,
         cache_dir: str | Path | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         console: Console | None = None,
+        encoder_id: str | None = None,
     ):
         self.encoder = encoder
-        self.encoder_key = encoder_key
+        self.image_space = image_space
+        self.encoder_id = encoder_id or image_space
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.batch_size = batch_size
         self.console = console or Console(stderr=True)
@@ -125,13 +142,15 @@ class Harness:
                 yield start, images
                 progress.advance(task, len(images))
 
-    def _encode_images(self, refs: Sequence[ImageRef]) -> np.ndarray:
-        parts = [self.encoder.encode_images(images) for _, images in self._image_batches(refs, "gallery")]
-        return np.concatenate(parts).astype(np.float32)
+    def _encoded_batches(self, refs: Sequence[ImageRef]) -> Iterator[np.ndarray]:
+        for _, images in self._image_batches(refs, "gallery"):
+            yield np.asarray(self.encoder.encode_images(images), dtype=np.float32)  # [B, D]
 
     def gallery_features(self, refs: Sequence[ImageRef]) -> np.ndarray:
-        """Normalized features [N, D] of the gallery images, encoded once per encoder and image list."""
-        return cached_gallery_features(self._encode_images, refs, self.encoder_key, self.cache_dir)
+        """Normalized features [N, D] of the gallery images, each encoded once per image space."""
+        return cached_gallery_features(
+            self._encoded_batches, refs, self.image_space, self.encoder.embed_dim, self.cache_dir
+        )
 
     def query_features(
         self, refs: Sequence[ImageRef], captions: Sequence[str], template: str, method: str, domain: str = ""
@@ -278,7 +297,7 @@ def run_benchmark(
         data.split,
         method,
         template,
-        harness.encoder_key,
+        harness.encoder_id,
         sum(data.query_counts.values()),
         metrics,
         excluded,
