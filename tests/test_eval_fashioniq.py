@@ -25,7 +25,7 @@ def test_caption_cleaning_strips_the_official_characters():
 @pytest.mark.parametrize(("suffix", "captions_dir"), [(".jpg", "captions"), (".png", "json")])
 def test_reader(tmp_path, suffix, captions_dir):
     data = read_fashioniq(make_fashioniq(tmp_path, suffix, captions_dir), "val")
-    assert [c.category for c in data.categories] == ["dress", "shirt", "toptee"]
+    assert [c.name for c in data.categories] == ["dress", "shirt", "toptee"]
     dress = data.categories[0]
     assert len(dress.gallery) == 8 and all(
         ref.path.suffix == suffix and ref.path.is_file() for ref in dress.gallery

@@ -9,7 +9,6 @@ The commands parse and validate, build the encoder, and call `zscir_infer.eval`.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -20,10 +19,10 @@ from rich.console import Console
 from rich.table import Table
 
 from zscir_infer.backends import BACKENDS, BackendError
+from zscir_infer.bundle import sha256_file
 from zscir_infer.eval import BENCHMARKS, EvalResult, Harness, MissingImagesError, run_benchmark, write_result
 from zscir_infer.eval.harness import DEFAULT_BATCH_SIZE
 
-HASH_CHUNK = 1 << 20
 RANDOM_INIT = "random-init"  # a backbone without weights is drawn anew each run: never cache its features
 EXIT_BAD_INPUT, EXIT_MISSING_IMAGES = 1, 2
 HELP = {
@@ -129,14 +128,6 @@ class EncoderChoice:
         return torch_encoder(self.ckpt, self.backbone, self.pretrained)
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def bundle_encoder(bundle: Path, backend: str, device: str, precision: str):
     """The torch-free runtime on a bundle -> (encoder, image-space id, encoder id)."""
     from zscir_infer import Runtime
@@ -164,9 +155,9 @@ def torch_encoder(ckpt: Path | None, backbone_name: str | None, pretrained: str 
     backbone = load_backbone(name, pretrained)
     if meta is not None:
         check_dims(meta, backbone, ckpt)
-    weights = file_digest(Path(pretrained)) if pretrained and Path(pretrained).is_file() else pretrained
+    weights = sha256_file(Path(pretrained)) if pretrained and Path(pretrained).is_file() else pretrained
     image_space = f"torch:{name}:{weights or RANDOM_INIT}"
-    phi_id = file_digest(ckpt) if ckpt else "no-phi"
+    phi_id = sha256_file(ckpt) if ckpt else "no-phi"
     return TorchReference(backbone, phi, meta), image_space, f"{image_space}:{phi_id}"
 
 

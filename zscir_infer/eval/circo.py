@@ -16,11 +16,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from zscir_infer.eval.images import ImageRef
 from zscir_infer.eval.metrics import exact_search, mean_average_precision_at_k, recall_at_k
+from zscir_infer.eval.splits import SharedGallerySplit
 
 SPLITS = ("val", "test")
 MAP_KS = (5, 10, 25, 50)
@@ -40,28 +42,17 @@ class CircoQuery:
     gt: tuple[int, ...] = ()  # gt_img_ids, target first (val only)
     semantic_aspects: tuple[str, ...] = ()
 
+    @property
+    def reference_key(self) -> str:
+        return str(self.reference)
+
 
 @dataclass(frozen=True)
-class CircoSplit:
+class CircoSplit(SharedGallerySplit):
+    benchmark: ClassVar[str] = "circo"
     split: str
     gallery: list[ImageRef]  # keys are the COCO ids as strings
     queries: list[CircoQuery]
-
-    @property
-    def query_counts(self) -> dict[str, int]:
-        return {"circo": len(self.queries)}
-
-    @property
-    def has_targets(self) -> bool:
-        return all(q.target is not None for q in self.queries)
-
-    def image_refs(self) -> list[ImageRef]:
-        """Every image the split needs: references, targets and members are all gallery images."""
-        return list(self.gallery)
-
-    def references(self) -> list[ImageRef]:
-        by_key = {ref.key: ref for ref in self.gallery}
-        return [by_key[str(q.reference)] for q in self.queries]
 
     def without(self, missing: set[str]) -> tuple[CircoSplit, dict[str, int]]:
         """Drop queries whose reference or target is missing; missing ground truths leave the gt list."""

@@ -16,11 +16,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from zscir_infer.eval.images import ImageRef
 from zscir_infer.eval.metrics import recall_at_k, search_excluding, search_subsets
+from zscir_infer.eval.splits import SharedGallerySplit
 
 VERSION = "rc2"
 SPLITS = {"val": "val", "test": "test1", "test1": "test1"}
@@ -39,28 +41,17 @@ class CirrQuery:
     members: tuple[str, ...]  # img_set.members: six images, the reference among them
     target: str | None  # target_hard; None in test1
 
+    @property
+    def reference_key(self) -> str:
+        return self.reference
+
 
 @dataclass(frozen=True)
-class CirrSplit:
+class CirrSplit(SharedGallerySplit):
+    benchmark: ClassVar[str] = "cirr"
     split: str  # val | test1
     gallery: list[ImageRef]  # every image of the split, in image_splits order
     queries: list[CirrQuery]
-
-    @property
-    def query_counts(self) -> dict[str, int]:
-        return {"cirr": len(self.queries)}
-
-    @property
-    def has_targets(self) -> bool:
-        return all(q.target is not None for q in self.queries)
-
-    def image_refs(self) -> list[ImageRef]:
-        """Every image the split needs: references, targets and members are all gallery images."""
-        return list(self.gallery)
-
-    def references(self) -> list[ImageRef]:
-        by_key = {ref.key: ref for ref in self.gallery}
-        return [by_key[q.reference] for q in self.queries]
 
     def without(self, missing: set[str]) -> tuple[CirrSplit, dict[str, int]]:
         """The split without missing images: queries needing one are dropped, members filtered."""

@@ -16,13 +16,15 @@ The test split has no targets and no public server, so only val is evaluated.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from zscir_infer.eval.images import ImageRef
 from zscir_infer.eval.metrics import exact_search, recall_at_k
+from zscir_infer.eval.splits import PartedSplit
 
 CATEGORIES = ("dress", "shirt", "toptee")
 SPLITS = ("val",)
@@ -41,7 +43,7 @@ class FashionIQQuery:
 
 @dataclass(frozen=True)
 class FashionIQCategory:
-    category: str
+    name: str  # dress | shirt | toptee
     gallery: list[ImageRef]  # the category's split images
     queries: list[FashionIQQuery]
     images: dict[str, ImageRef]  # every image id this category names (gallery and candidates)
@@ -49,30 +51,22 @@ class FashionIQCategory:
     def references(self) -> list[ImageRef]:
         return [self.images[q.candidate] for q in self.queries]
 
+    def image_refs(self) -> list[ImageRef]:
+        return list(self.images.values())
+
     def without(self, missing: set[str]) -> tuple[FashionIQCategory, dict[str, int]]:
         gallery = [ref for ref in self.gallery if ref.key not in missing]
         in_gallery = {ref.key for ref in gallery}
         queries = [q for q in self.queries if q.candidate not in missing and q.target in in_gallery]
         dropped = {"queries": len(self.queries) - len(queries), "gallery": len(self.gallery) - len(gallery)}
-        return FashionIQCategory(self.category, gallery, queries, self.images), dropped
+        return replace(self, gallery=gallery, queries=queries), dropped
 
 
 @dataclass(frozen=True)
-class FashionIQSplit:
+class FashionIQSplit(PartedSplit):
+    parts_field: ClassVar[str] = "categories"
     split: str
     categories: list[FashionIQCategory]
-
-    @property
-    def query_counts(self) -> dict[str, int]:
-        return {c.category: len(c.queries) for c in self.categories}
-
-    def image_refs(self) -> list[ImageRef]:
-        return [ref for c in self.categories for ref in c.images.values()]
-
-    def without(self, missing: set[str]) -> tuple[FashionIQSplit, dict[str, int]]:
-        parts = [c.without(missing) for c in self.categories]
-        dropped = {k: sum(d[k] for _, d in parts) for k in ("queries", "gallery")}
-        return FashionIQSplit(self.split, [c for c, _ in parts]), dropped
 
 
 def clean_caption(caption: str) -> str:

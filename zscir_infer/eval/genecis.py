@@ -17,11 +17,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from zscir_infer.eval.images import ImageRef
 from zscir_infer.eval.metrics import recall_at_k, search_subsets
+from zscir_infer.eval.splits import PartedSplit
 
 TASKS = ("focus_attribute", "change_attribute", "focus_object", "change_object")
 SPLITS = ("val",)
@@ -67,21 +69,10 @@ class GenecisTask:
 
 
 @dataclass(frozen=True)
-class GenecisSplit:
+class GenecisSplit(PartedSplit):
+    parts_field: ClassVar[str] = "tasks"
     split: str
     tasks: list[GenecisTask]
-
-    @property
-    def query_counts(self) -> dict[str, int]:
-        return {t.name: len(t.queries) for t in self.tasks}
-
-    def image_refs(self) -> list[ImageRef]:
-        return [ref for t in self.tasks for ref in t.image_refs()]
-
-    def without(self, missing: set[str]) -> tuple[GenecisSplit, dict[str, int]]:
-        parts = [t.without(missing) for t in self.tasks]
-        dropped = {k: sum(d[k] for _, d in parts) for k in ("queries", "gallery")}
-        return GenecisSplit(self.split, [t for t, _ in parts]), dropped
 
 
 def attribute_image(root: Path, item: dict) -> ImageRef:

@@ -214,7 +214,7 @@ def _run_fashioniq(h: Harness, data: fashioniq.FashionIQSplit, method: str, temp
         xb = h.gallery_features(category.gallery)
         xq = fashioniq_query_features(h, category, method, template, style)
         I = fashioniq.category_rankings(category, xq, xb)
-        per_category[category.category] = fashioniq.category_metrics(category, I)
+        per_category[category.name] = fashioniq.category_metrics(category, I)
     return fashioniq.fashioniq_metrics(per_category), {}
 
 
