@@ -1,0 +1,132 @@
+"""`zscir-export`: a trained model -> a validated deployment bundle (+ TensorRT engines, a Triton repository).
+
+    zscir-export --ckpt lincir.safetensors --fp16
+    zscir-export --ckpt lincir_vitl.pt --model ViT-L-14 --pretrained openai --out bundle/ --force
+    zscir-export --method slerp --model ViT-B-32 --pretrained laion2b_s34b_b79k --int8
+    zscir-export --ckpt tat.safetensors --triton models/ --triton-kind gpu --triton-tensorrt
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from zscir_export.bundle import ExportOptions, ExportResult, export_bundle
+from zscir_export.fp16 import Fp16ConversionError
+from zscir_export.model_source import METHODS, ExportSourceError, resolve_source
+from zscir_export.report import export_report
+from zscir_export.tensorrt_build import EngineOptions
+from zscir_export.triton import DEFAULT_MAX_BATCH, TritonError, TritonOptions, write_triton_repository
+from zscir_export.validate import ValidationError
+from zscir_infer.atomic import atomic_write_json
+from zscir_infer.engines import DEFAULT_PROFILES, EngineError, parse_profile
+from zscir_train.backbone import BackboneError
+from zscir_train.checkpoint import CheckpointError
+from zscir_train.composed import DEFAULT_SLERP_ALPHA, TemplateError
+
+BUNDLE_ENV = "ZSCIR_BUNDLE"
+DEFAULT_BUNDLE = Path("zscir-out") / "bundle"
+ENGINE_KINDS = ("trt",)
+USER_ERRORS = (ExportSourceError, CheckpointError, BackboneError, TemplateError, FileExistsError, ValidationError,
+               EngineError, TritonError, Fp16ConversionError)
+
+app = typer.Typer(add_completion=False, help="Export a zscir model to a validated ONNX bundle (DESIGN §3).")
+
+Ckpt = Annotated[Path | None, typer.Option(
+    "--ckpt", help="zscir phi or TAT checkpoint (.safetensors), or an official LinCIR/SEARLE/Pic2Word .pt.")]
+Model = Annotated[str | None, typer.Option(
+    "--model", help="open_clip model name or architecture JSON (needed for official checkpoints and slerp).")]
+Pretrained = Annotated[str | None, typer.Option("--pretrained", help="open_clip pretrained tag or weights file.")]
+Method = Annotated[str | None, typer.Option(
+    "--method", help=f"One of {', '.join(METHODS)}; 'searle' for an official SEARLE file; 'slerp' needs no --ckpt.")]
+Out = Annotated[Path | None, typer.Option(
+    "--out", help=f"Bundle directory (default ${BUNDLE_ENV} or {DEFAULT_BUNDLE}).")]
+
+
+def _engine_options(engine: str | None, precisions: list[str], profiles: list[str],
+                    timing_cache_dir: Path | None) -> EngineOptions | None:
+    if engine is None:
+        return None
+    if engine not in ENGINE_KINDS:
+        raise EngineError(f"--engine {engine}: the engine kinds are {ENGINE_KINDS}.")
+    parsed = tuple(parse_profile(p) for p in profiles) or DEFAULT_PROFILES
+    return EngineOptions(tuple(precisions), parsed, timing_cache_dir)
+
+
+def _print_result(console: Console, result: ExportResult) -> None:
+    table = Table(title=f"Bundle {result.bundle} ({result.seconds:.1f} s)")
+    for column in ("graph", "precision", "MB", "export s", "output", "max abs", "min cosine", "ok"):
+        table.add_column(column)
+    for g in result.graphs:
+        for c in g.checks:
+            table.add_row(g.graph, g.precision, f"{g.bytes / 2**20:.1f}", f"{g.seconds:.2f}", c.output,
+                          f"{c.max_abs:.2e}", f"{c.min_cosine:.7f}", "yes" if c.passed else "NO")
+    console.print(table)
+
+
+@app.command()
+def export(
+    ckpt: Ckpt = None,
+    model: Model = None,
+    pretrained: Pretrained = None,
+    method: Method = None,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Also write fp16 graphs (fp32 I/O, fp32 norms).")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Also write int8 graphs (dynamic quantization, CPU).")] = False,
+    out: Out = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out (and --triton).")] = False,
+    alpha: Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Default slerp text weight.")]
+    = DEFAULT_SLERP_ALPHA,
+    engine: Annotated[str | None, typer.Option("--engine", help="'trt': build TensorRT engines (needs a GPU).")]
+    = None,
+    trt_precision: Annotated[list[str], typer.Option("--trt-precision", help="Engine precision(s): fp16, fp32.")]
+    = ["fp16"],  # noqa: B006 (typer reads list defaults)
+    trt_profile: Annotated[list[str], typer.Option(
+        "--trt-profile", help="NAME:MIN,OPT,MAX batch profile, repeatable (default latency:1,1,8 "
+                              "throughput:1,32,128).")] = [],  # noqa: B006
+    timing_cache_dir: Annotated[Path | None, typer.Option(help="Where TensorRT timing caches are kept.")] = None,
+    triton: Annotated[Path | None, typer.Option("--triton", help="Also write a Triton model repository here.")]
+    = None,
+    triton_precision: Annotated[str | None, typer.Option(help="Graphs for Triton (default fp16 with --fp16).")]
+    = None,
+    triton_max_batch: Annotated[int, typer.Option(min=1)] = DEFAULT_MAX_BATCH,
+    triton_kind: Annotated[str, typer.Option(help="Triton instance kind: gpu or cpu.")] = "gpu",
+    triton_instances: Annotated[int, typer.Option(min=1)] = 1,
+    triton_tensorrt: Annotated[bool, typer.Option(help="ONNX Runtime's TensorRT accelerator in Triton.")] = False,
+    report: Annotated[Path | None, typer.Option(help="Write the export's figures (JSON) here.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar or table.")] = False,
+) -> None:
+    """Export, validate against PyTorch, and write a bundle atomically."""
+    console = Console(stderr=True)
+    out = out or Path(os.environ.get(BUNDLE_ENV) or DEFAULT_BUNDLE)
+    try:
+        engine_options = _engine_options(engine, trt_precision, trt_profile, timing_cache_dir)
+        triton_options = None
+        if triton is not None:
+            if triton.exists() and not force:
+                raise FileExistsError(f"{triton} already exists: pass --force to replace it, or choose another --triton.")
+            triton_options = TritonOptions(triton_precision or ("fp16" if fp16 else "fp32"), triton_max_batch,
+                                           instance_kind=triton_kind, instance_count=triton_instances,
+                                           tensorrt=triton_tensorrt)
+        if out.exists() and not force:
+            raise FileExistsError(f"{out} already exists: pass --force to replace it, or choose another --out.")
+        source = resolve_source(ckpt, model, pretrained, method)
+        options = ExportOptions(out, fp16=fp16, int8=int8, force=force, alpha=alpha, engine=engine_options,
+                                show_progress=not quiet)
+        result = export_bundle(source, options)
+        if triton_options is not None:
+            write_triton_repository(out, triton, triton_options, force=force)
+    except USER_ERRORS as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from exc
+    if report is not None:
+        atomic_write_json(report, export_report(result))
+    if not quiet:
+        _print_result(console, result)
+    typer.echo(json.dumps({"bundle": str(out), "seconds": round(result.seconds, 2)}))

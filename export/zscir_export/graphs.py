@@ -1,0 +1,185 @@
+"""One spec per graph: names, dtypes, shapes, the PyTorch module and its export; validation reads the same spec.
+
+The three graphs of a bundle (DESIGN §3):
+- image_encoder: pixels float32 [batch, 3, S, S] -> image_features float32 [batch, D] (unnormalized);
+- query_encoder: image_features float32 [batch, D], token_ids int32 [batch, 77] -> query_features
+  float32 [batch, D] (normalized), phi and the placeholder substitution inside (the reference
+  `ComposedQueryEncoder`);
+- text_encoder: token_ids int32 [batch, 77] -> text_features float32 [batch, D] (unnormalized).
+
+Token ids are int32 throughout the graph (TensorRT's native integer type): the embedding Gather takes
+int32 indices and the end-of-text position is an ArgMax over int32 ids, which TensorRT 10+ supports.
+Never a float cast of the ids: 49407 is not exact in fp16, and an fp16 graph would pool the wrong token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from zscir_train.composed import ComposedQueryEncoder, encode_text_with_pseudo
+
+BATCH = "batch"
+OPSET = 17  # LayerNormalization is a single op from 17 on; TensorRT 10 parses 9..20
+EXPORT_BATCH = 2  # the traced example batch; not 1, which a tracer may specialize shapes on
+PROTOBUF_LIMIT = 2**31  # a single .onnx file cannot exceed 2 GiB: larger graphs keep weights beside it
+EXTERNAL_DATA_MARGIN = 64 << 20  # graph structure and constants beside the initializers
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name: "float32" | "int32"
+    shape: tuple  # ints, and BATCH for the dynamic axis
+
+    def concrete(self, batch: int) -> tuple[int, ...]:
+        return tuple(batch if d == BATCH else d for d in self.shape)
+
+    def to_manifest(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+class ImageEncoderGraph(nn.Module):
+    """pixels [B, 3, S, S] -> unnormalized image features [B, D] (what phi consumes)."""
+
+    def __init__(self, clip_model: nn.Module):
+        super().__init__()
+        self.clip = clip_model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_image(pixels)
+
+
+class TextEncoderGraph(nn.Module):
+    """token ids [B, L] int32 -> unnormalized text features [B, D] (the reference text path, no pseudo-token)."""
+
+    def __init__(self, clip_model: nn.Module):
+        super().__init__()
+        self.clip = clip_model
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return encode_text_with_pseudo(self.clip, token_ids)
+
+
+@dataclass
+class GraphSpec:
+    """What one graph is: its module, inputs and outputs. Export and validation both follow it."""
+
+    name: str
+    module: nn.Module = field(repr=False)
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    normalized_output: bool
+    opset: int = OPSET
+
+    def file_name(self, precision: str) -> str:
+        return f"{self.name}.onnx" if precision == "fp32" else f"{self.name}.{precision}.onnx"
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {t.name: {t.shape.index(BATCH): BATCH} for t in (*self.inputs, *self.outputs)}
+
+    def manifest_io(self) -> dict:
+        return {"inputs": [t.to_manifest() for t in self.inputs], "outputs": [t.to_manifest() for t in self.outputs]}
+
+    @torch.no_grad()
+    def run_torch(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The PyTorch reference outputs for the graph's inputs (numpy in, float32 numpy out)."""
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[t.name])) for t in self.inputs]
+        out = self.module.eval()(*args)
+        return {self.outputs[0].name: out.float().numpy()}
+
+    def export(self, example: dict[str, np.ndarray], path: Path) -> None:
+        """torch.onnx.export (TorchScript exporter, named explicitly: dynamo=False) to `path`.
+
+        Graphs above 2 GiB keep their weights in one `<file>.data` beside the graph.
+        """
+        scratch = path.parent / f".{path.name}.export"
+        scratch.mkdir(parents=True, exist_ok=True)
+        traced = scratch / path.name
+        args = tuple(torch.from_numpy(np.ascontiguousarray(example[t.name])) for t in self.inputs)
+        try:
+            with torch.no_grad(), _mha_fastpath_disabled(), _quiet_exporter():
+                torch.onnx.export(
+                    self.module.eval(), args, str(traced), dynamo=False, opset_version=self.opset,
+                    input_names=[t.name for t in self.inputs], output_names=[t.name for t in self.outputs],
+                    dynamic_axes=self.dynamic_axes(),
+                )
+            single = len(list(scratch.iterdir())) == 1
+            if single and traced.stat().st_size + EXTERNAL_DATA_MARGIN < PROTOBUF_LIMIT:
+                traced.replace(path)
+            else:  # above 2 GiB the exporter writes one file per tensor: gather the weights in one file
+                save_onnx(onnx.load(str(traced)), path)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def graph_specs(backbone, phi: nn.Module | None = None, placeholder_id: int | None = None) -> list[GraphSpec]:
+    """The bundle's graphs for a backbone, and the query encoder when there is a phi."""
+    model, d, size, length = backbone.model.eval(), backbone.embed_dim, backbone.preprocess.image_size, \
+        backbone.context_length
+    pixels = TensorSpec("pixels", "float32", (BATCH, 3, size, size))
+    token_ids = TensorSpec("token_ids", "int32", (BATCH, length))
+    image_features = TensorSpec("image_features", "float32", (BATCH, d))
+    specs = [GraphSpec("image_encoder", ImageEncoderGraph(model), (pixels,), (image_features,), False)]
+    if phi is not None:
+        if placeholder_id is None:
+            raise ValueError("The query encoder needs the placeholder's token id.")
+        query = ComposedQueryEncoder(model, phi.eval(), placeholder_id).eval()
+        specs.append(GraphSpec("query_encoder", query, (image_features, token_ids),
+                               (TensorSpec("query_features", "float32", (BATCH, d)),), True))
+    specs.append(GraphSpec("text_encoder", TextEncoderGraph(model), (token_ids,),
+                           (TensorSpec("text_features", "float32", (BATCH, d)),), False))
+    return specs
+
+
+def initializer_bytes(model: onnx.ModelProto) -> int:
+    return sum(len(t.raw_data) for t in model.graph.initializer)
+
+
+def save_onnx(model: onnx.ModelProto, path: Path) -> None:
+    """Save a graph as one file, or with its weights in one `<name>.data` file above the protobuf limit."""
+    path.unlink(missing_ok=True)
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)
+    if initializer_bytes(model) + EXTERNAL_DATA_MARGIN < PROTOBUF_LIMIT:
+        onnx.save_model(model, str(path))
+    else:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name, size_threshold=1024)
+
+
+def graph_files(path: Path) -> list[Path]:
+    """The graph file and, if it has one, its external-data file."""
+    data = path.with_name(path.name + ".data")
+    return [path, data] if data.exists() else [path]
+
+
+@contextlib.contextmanager
+def _mha_fastpath_disabled() -> Iterator[None]:
+    """nn.MultiheadAttention's inference fast path is one fused op the ONNX exporter cannot translate."""
+    previous = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(previous)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The TorchScript exporter warns about itself and about traced shape arithmetic; both are expected."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        yield

@@ -1,0 +1,134 @@
+"""What to export: a backbone and, for the pseudo-token methods, phi, from the command line's arguments.
+
+`--ckpt` takes
+- a zscir phi checkpoint (safetensors; its metadata names the backbone, so no --model is needed);
+- an official LinCIR / SEARLE (`{'Phi': ...}`) or Pic2Word (`{'state_dict_img2text': ...}`) `.pt`, which
+  does not record its backbone: --model and --pretrained say which;
+- a TAT checkpoint (safetensors, zscir metadata format "zscir-tat": the whole CLIP with the tuned image
+  encoder merged), exported as a slerp bundle with the tuned weights.
+`--method slerp` without --ckpt exports a backbone's encoders alone (--model, --pretrained).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
+from zscir_train.backbone import Backbone, load_backbone
+from zscir_train.checkpoint import METADATA_KEY, PhiMeta, check_dims, load_phi_checkpoint
+
+METHODS = ("lincir", "searle", "pic2word", "slerp")
+PHI_METHODS = ("lincir", "searle", "pic2word")
+TAT_FORMAT = "zscir-tat"
+SAFETENSORS_MAGIC_LEN = 9  # 8-byte header length, then the JSON header's "{"
+
+
+class ExportSourceError(ValueError):
+    """The arguments do not describe something exportable; the message says what to pass."""
+
+
+@dataclass
+class ExportSource:
+    backbone: Backbone
+    method: str  # lincir | searle | pic2word | slerp
+    phi: nn.Module | None = None
+    meta: PhiMeta | None = None
+    info: dict = field(default_factory=dict)  # the manifest's `source`: what was exported, with sha256
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _safetensors_metadata(path: Path) -> dict | None:
+    """The zscir metadata of a safetensors file; None for a file that is not safetensors."""
+    with open(path, "rb") as f:
+        head = f.read(SAFETENSORS_MAGIC_LEN)
+    if len(head) < SAFETENSORS_MAGIC_LEN or head[8:9] != b"{":
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ExportSourceError(f"{path} is a damaged safetensors file ({exc}): re-save or re-download it.") from exc
+    try:
+        return json.loads(metadata.get(METADATA_KEY, "{}"))
+    except json.JSONDecodeError as exc:
+        raise ExportSourceError(f"{path}: its zscir metadata is not valid JSON ({exc}).") from exc
+
+
+def _tat_source(ckpt: Path, meta: dict, model: str | None, pretrained: str | None, method: str | None) -> ExportSource:
+    if method not in (None, "slerp"):
+        raise ExportSourceError(
+            f"{ckpt} is a TAT checkpoint (a tuned image encoder for slerp), not a phi: drop --method {method} "
+            "or pass --method slerp."
+        )
+    if pretrained is not None:
+        raise ExportSourceError(
+            f"{ckpt} is a TAT checkpoint and holds the backbone weights itself: drop --pretrained {pretrained}."
+        )
+    name = model or meta.get("base")
+    if not name:
+        raise ExportSourceError(f"{ckpt} does not name its base model: pass --model (e.g. ViT-L-14).")
+    backbone = load_backbone(name, str(ckpt))
+    info = {"kind": "tat", "checkpoint": ckpt.name, "checkpoint_sha256": file_sha256(ckpt),
+            "base_pretrained": meta.get("base_pretrained"), "lora": meta.get("lora", {})}
+    return ExportSource(backbone, "slerp", info=info)
+
+
+def _phi_source(ckpt: Path, model: str | None, pretrained: str | None, method: str | None) -> ExportSource:
+    if method == "slerp":
+        raise ExportSourceError(
+            f"--method slerp exports no phi, but {ckpt} is a phi checkpoint: drop --ckpt (and pass --model), or "
+            "drop --method to export the phi."
+        )
+    phi, meta = load_phi_checkpoint(ckpt, method=method)
+    if method is not None and method != meta.method:
+        raise ExportSourceError(f"{ckpt} is a {meta.method} checkpoint; --method {method} contradicts it.")
+    official = meta.source != "zscir"
+    if model is None and (official or not meta.backbone_name):
+        what = f"an official {meta.method} checkpoint" if official else "a phi checkpoint without a backbone name"
+        raise ExportSourceError(
+            f"{ckpt} is {what}, which does not record its backbone: pass --model and --pretrained, e.g. "
+            f"`--model ViT-L-14 --pretrained openai` (phi has D={meta.embed_dim}, W={meta.width})."
+        )
+    model = model or meta.backbone_name
+    if pretrained is None and model == meta.backbone_name:
+        pretrained = meta.backbone_pretrained
+    backbone = load_backbone(model, pretrained)
+    check_dims(meta, backbone, ckpt)
+    info = {"kind": meta.source, "checkpoint": ckpt.name, "checkpoint_sha256": file_sha256(ckpt)}
+    return ExportSource(backbone, meta.method, phi.eval(), meta, info)
+
+
+def resolve_source(ckpt: str | Path | None, model: str | None = None, pretrained: str | None = None,
+                   method: str | None = None) -> ExportSource:
+    """The backbone and phi to export, from --ckpt, --model, --pretrained and --method."""
+    if method is not None and method not in METHODS:
+        raise ExportSourceError(f"Unknown method '{method}': use one of {METHODS}.")
+    if ckpt is None:
+        if method != "slerp":
+            raise ExportSourceError(
+                "Nothing to export: pass --ckpt (a zscir, LinCIR, SEARLE, Pic2Word or TAT checkpoint), or "
+                "--method slerp --model NAME [--pretrained TAG|PATH] for the encoders alone."
+            )
+        if model is None:
+            raise ExportSourceError("--method slerp needs --model (e.g. ViT-L-14) and usually --pretrained.")
+        backbone = load_backbone(model, pretrained)
+        return ExportSource(backbone, "slerp", info={"kind": "backbone"})
+    ckpt = Path(ckpt)
+    if not ckpt.is_file():
+        raise ExportSourceError(f"Checkpoint {ckpt} does not exist.")
+    meta = _safetensors_metadata(ckpt)
+    if meta and meta.get("format") == TAT_FORMAT:
+        return _tat_source(ckpt, meta, model, pretrained, method)
+    return _phi_source(ckpt, model, pretrained, method)
