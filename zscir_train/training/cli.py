@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from zscir_train.backbone import BackboneError
 from zscir_train.training.loop import ConfigError, list_presets, resolve_config
@@ -75,7 +76,7 @@ def _train(method: str, train, config_cls, preset: str | None, overrides: dict) 
         cfg = resolve_config(config_cls, method, preset, overrides)
         summary = train(cfg, console)
     except USER_ERRORS as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc
     best = summary.get("best") or {}
     chosen = f"best {best['metric']} = {best['value']:.2f} at step {best['step']}" if best else "last step"

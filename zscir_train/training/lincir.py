@@ -29,6 +29,7 @@ from zscir_train.composed import encode_text_with_pseudo, placeholder_token_id
 from zscir_train.phi import LINCIR_DROPOUT, build_phi
 from zscir_train.training.loop import (
     ConfigError,
+    Dist,
     LoopConfig,
     MicroBatch,
     derived_seed,
@@ -139,13 +140,10 @@ class LinCIRTask:
         save_phi_checkpoint(path, self.module, meta_for(self.module, self.backbone, "lincir", training=training))
 
 
-def train_lincir(cfg: LinCIRConfig, console: Console | None = None) -> dict:
-    """Mask the corpus (cached), train phi, write cfg.out (the best validated or the last phi)."""
+def lincir_task(cfg: LinCIRConfig, d: Dist) -> LinCIRTask:
+    """Backbone, masked corpus (rank 0 builds the cache, the others read it) and a fresh phi."""
     if not cfg.captions:
         raise ConfigError("lincir needs caption sources: --captions FILE [FILE ...].")
-    console = console or Console(stderr=True)
-    d = prepare_run(cfg)
-    validator = Validator.from_config(cfg, console) if d.is_main else None
     backbone = load_backbone(cfg.model, cfg.pretrained, device=d.device)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     corpus = main_first(d, lambda: build_masked_corpus(
@@ -153,6 +151,14 @@ def train_lincir(cfg: LinCIRConfig, console: Console | None = None) -> dict:
         cfg.spacy_processes, show_progress=cfg.progress and d.is_main))
     phi = build_phi("lincir", backbone.embed_dim, backbone.width)
     set_dropout(phi, cfg.phi_dropout)
-    task = LinCIRTask(backbone, phi, corpus, cfg, d.device)
+    return LinCIRTask(backbone, phi, corpus, cfg, d.device)
+
+
+def train_lincir(cfg: LinCIRConfig, console: Console | None = None) -> dict:
+    """Mask the corpus (cached), train phi, write cfg.out (the best validated or the last phi)."""
+    console = console or Console(stderr=True)
+    d = prepare_run(cfg)
+    validator = Validator.from_config(cfg, console) if d.is_main else None
+    task = lincir_task(cfg, d)
     summary = run(task, cfg, d, validator, console)
-    return {**summary, "masking": {"cache": str(corpus.path), **corpus.meta["kinds"]}}
+    return {**summary, "masking": {"cache": str(task.dataset.corpus.path), **task.dataset.corpus.meta["kinds"]}}

@@ -126,15 +126,19 @@ class Pic2WordTask:
         save_phi_checkpoint(path, self.module, meta_for(self.module, self.backbone, "pic2word", training=training))
 
 
-def train_pic2word(cfg: Pic2WordConfig, console: Console | None = None) -> dict:
-    """Train the IM2TEXT phi on the images; write cfg.out (the best validated or the last phi)."""
+def pic2word_task(cfg: Pic2WordConfig, d: Dist) -> Pic2WordTask:
     if not cfg.images:
         raise ConfigError("pic2word needs image sources: --images FOLDER|LIST|TSV|SHARDS [...].")
-    console = console or Console(stderr=True)
-    d = prepare_run(cfg)
-    validator = Validator.from_config(cfg, console) if d.is_main else None
     images = list_images(cfg.images, cfg.image_column, cfg.image_root)
     backbone = load_backbone(cfg.model, cfg.pretrained, device=d.device)
     phi = build_phi("pic2word", backbone.embed_dim, backbone.width)
     set_dropout(phi, cfg.phi_dropout)
-    return run(Pic2WordTask(backbone, phi, images, cfg, d), cfg, d, validator, console)
+    return Pic2WordTask(backbone, phi, images, cfg, d)
+
+
+def train_pic2word(cfg: Pic2WordConfig, console: Console | None = None) -> dict:
+    """Train the IM2TEXT phi on the images; write cfg.out (the best validated or the last phi)."""
+    console = console or Console(stderr=True)
+    d = prepare_run(cfg)
+    validator = Validator.from_config(cfg, console) if d.is_main else None
+    return run(pic2word_task(cfg, d), cfg, d, validator, console)

@@ -137,16 +137,20 @@ def save_tat_checkpoint(path: Path, backbone: Backbone, lora: dict, training: di
     return Path(path)
 
 
-def train_tat(cfg: TATConfig, console: Console | None = None) -> dict:
-    """LoRA-tune the image encoder on the pairs; write cfg.out (merged CLIP weights, best or last)."""
+def tat_task(cfg: TATConfig, d: Dist) -> TATTask:
     if not cfg.pairs:
         raise ConfigError("tat needs image-caption pairs: --pairs JSONL|CSV|TSV|SHARDS [...].")
     if not str(cfg.out).endswith(SAFETENSORS_SUFFIX):
         raise ConfigError(f"--out {cfg.out}: TAT writes open_clip weights, which open_clip reads as safetensors only "
                           f"with the '{SAFETENSORS_SUFFIX}' suffix; name the file *{SAFETENSORS_SUFFIX}.")
+    pairs = list_pairs(cfg.pairs, cfg.image_column, cfg.caption_column, cfg.image_root)
+    backbone = load_backbone(cfg.model, cfg.pretrained, device=d.device)
+    return TATTask(backbone, pairs, cfg, d)
+
+
+def train_tat(cfg: TATConfig, console: Console | None = None) -> dict:
+    """LoRA-tune the image encoder on the pairs; write cfg.out (merged CLIP weights, best or last)."""
     console = console or Console(stderr=True)
     d = prepare_run(cfg)
     validator = Validator.from_config(cfg, console) if d.is_main else None
-    pairs = list_pairs(cfg.pairs, cfg.image_column, cfg.caption_column, cfg.image_root)
-    backbone = load_backbone(cfg.model, cfg.pretrained, device=d.device)
-    return run(TATTask(backbone, pairs, cfg, d), cfg, d, validator, console)
+    return run(tat_task(cfg, d), cfg, d, validator, console)
