@@ -1,6 +1,6 @@
 """The gallery store: atomic batches, ids -> names/paths, index freshness, bundle identity, exclusion, SIGKILL."""
 
-# ruff: noqa: N806 -- xq, D, I: FAISS's names
+# ruff: noqa: N806, E741 -- xq, D, I: FAISS's names
 
 import json
 import os
@@ -193,7 +193,9 @@ def test_plan_skips_present_items_and_reports_name_conflicts(tmp_path):
     plan = plan_additions(g, entries)
     assert [e.name for e in plan.todo] == names[10:]
     assert plan.present == 9
-    assert plan.bad == [("/elsewhere/other.png", f"name {names[3]!r} is already in the gallery for {paths_of(names)[3]}")]
+    assert plan.bad == [
+        ("/elsewhere/other.png", f"name {names[3]!r} is already in the gallery for {paths_of(names)[3]}")
+    ]
 
 
 WRITER = """

@@ -1,6 +1,6 @@
 """FAISS index specs against the numpy brute-force oracle: flat is exact, HNSW and IVF-PQ+refine recall@10."""
 
-# ruff: noqa: N806 -- xb, xq, D, I: FAISS's names
+# ruff: noqa: N806, E741 -- xb, xq, D, I: FAISS's names
 
 import faiss
 import numpy as np
@@ -76,7 +76,9 @@ def test_ivfpq_needs_its_refine_stage(data):
     np.testing.assert_allclose(D[I == I_true], D_true[I == I_true], atol=1e-5)  # re-ranked by exact scores
     set_search_params(index, {"k_factor_rf": 1})  # re-ranks only PQ's own top k: PQ's recall
     pq_recall = recall_at_k(index.search(xq, K)[1], I_true)
-    print(f"IVF-PQ recall@10 = {pq_recall:.3f} without refine, {recall:.3f} with RFlat (k_factor {params['k_factor_rf']})")
+    print(
+        f"IVF-PQ recall@10 = {pq_recall:.3f} without refine, {recall:.3f} with RFlat (k_factor {params['k_factor_rf']})"
+    )
     assert recall >= MIN_RECALL and recall > pq_recall
 
 

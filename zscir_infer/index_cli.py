@@ -46,8 +46,8 @@ MAX_DEFAULT_WORKERS = 8
 BAD_FILES_SHOWN = 20
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(highlight=False, soft_wrap=True)  # soft wrap: long paths stay on one line in pipes
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 BundleDir = Annotated[
     Path, typer.Option("--bundle", "-b", envvar="ZSCIR_BUNDLE", help="The bundle that encodes the images.")
@@ -216,7 +216,8 @@ def _encode(gallery: Gallery, runtime: Runtime, todo, batch_size: int, workers: 
 
 def _summary(gallery: Gallery, added: int, present: int, bad: list[tuple[str, str]]) -> None:
     info = gallery.meta["index"]
-    table = Table(title=f"Gallery {gallery.root}", show_header=False)
+    table = Table(show_header=False)
+    table.add_row("gallery", str(gallery.root))
     table.add_row("images in the gallery", f"{gallery.count:,}")
     table.add_row("index", f"{info['factory'] or 'none (empty)'} (spec {info['spec']})")
     table.add_row("added", f"{added:,}")
@@ -224,7 +225,7 @@ def _summary(gallery: Gallery, added: int, present: int, bad: list[tuple[str, st
     table.add_row("skipped, bad files", f"{len(bad):,}")
     console.print(table)
     for path, reason in bad[:BAD_FILES_SHOWN]:
-        console.print(Text.assemble(("  bad ", "yellow"), f"{path}: {reason}"))
+        console.print(Text.assemble(("  bad ", "yellow"), reason if path in reason else f"{path}: {reason}"))
     if len(bad) > BAD_FILES_SHOWN:
         console.print(f"  ... and {len(bad) - BAD_FILES_SHOWN:,} more bad files.")
 
