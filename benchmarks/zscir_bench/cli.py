@@ -1,0 +1,245 @@
+"""`zscir-bench`: latency, search, cold start, training cost and accuracy reports (JSON, Markdown, PNG).
+
+    zscir-bench latency --model ViT-B-32                 # exports a random-weight bundle, then measures
+    zscir-bench latency --bundle zscir-out/bundle --checkpoint phi.safetensors --weights clip.safetensors
+    zscir-bench search --dim 512 --sizes 10000,100000,1000000
+    zscir-bench cold-start --model ViT-B-32
+    zscir-bench train-cost --models zscir-tiny,ViT-B-32,ViT-L-14
+    zscir-bench accuracy --world zscir-out/world --checkpoint lincir.safetensors --checkpoint pic2word.safetensors
+
+Commands parse and validate, call the library, and write `{kind}.json`, `{kind}.md` and plots to --out.
+Heavy imports (torch, open_clip) happen inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="Benchmarks of zscir: per-stage latency against the PyTorch reference and the machine's GEMM peak, "
+    "FAISS search, cold start, LinCIR vs Pic2Word training cost, and accuracy across backends.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+console = Console(stderr=True)
+RESULTS = Path("results/bench")
+DEFAULT_WORK = Path("zscir-out/bench-work")
+
+BundleOpt = Annotated[Path | None, typer.Option(
+    "--bundle", exists=True, file_okay=False, help="A zscir bundle (directory with manifest.json).")]
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", help="Instead of --bundle: an open_clip architecture (e.g. ViT-B-32) exported with random weights "
+    "(fp32, fp16, int8) into --work first.")]
+MethodOpt = Annotated[str, typer.Option("--method", help="With --model: lincir, pic2word or slerp.")]
+WorkOpt = Annotated[Path, typer.Option("--work", help="Where --model bundles, weights and phi are kept.")]
+CheckpointOpt = Annotated[Path | None, typer.Option(
+    "--checkpoint", exists=True, dir_okay=False,
+    help="The bundle's phi checkpoint, so the PyTorch reference computes the same numbers "
+    "(default: a random phi of the same form: same speed).")]
+WeightsOpt = Annotated[str | None, typer.Option(
+    "--weights", help="Backbone weights (file or open_clip tag) for the PyTorch reference.")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads (default: all usable cores).")]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Report folder (default: results/bench/<kind>[-name]).")]
+QuickOpt = Annotated[bool, typer.Option("--quick", help="Smoke run: 1 warm-up and 2 timed calls per figure.")]
+
+
+def int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise typer.BadParameter(f"{option} takes comma-separated integers, e.g. 1,8,32; got {text!r}.") from exc
+    if not values or any(v < 1 for v in values):
+        raise typer.BadParameter(f"{option} needs positive integers, got {text!r}.")
+    return values
+
+
+def str_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _threads(threads: int | None) -> int:
+    from zscir_bench.machine import default_threads
+
+    return threads or default_threads()
+
+
+def _bundle(bundle: Path | None, model: str | None, method: str, work: Path, checkpoint: Path | None,
+            weights: str | None) -> tuple[Path, Path | None, str | None]:
+    """(bundle, checkpoint, weights) from --bundle, or exported from --model."""
+    if (bundle is None) == (model is None):
+        raise typer.BadParameter("Pass exactly one of --bundle or --model.")
+    if bundle is not None:
+        if not (bundle / "manifest.json").is_file():
+            raise typer.BadParameter(f"{bundle} has no manifest.json: it is not a zscir bundle (make one with "
+                                     "zscir-export).")
+        return bundle, checkpoint, weights
+    from zscir_bench.bundles import speed_bundle
+
+    console.print(f"Exporting {model} ({method}, random weights) into {work} (reused when present)...")
+    made = speed_bundle(model, work, method)
+    return made.bundle, made.checkpoint, str(made.weights)
+
+
+def _write(report: dict, out: Path) -> None:
+    from zscir_bench.report import write_report
+
+    for path in write_report(report, out):
+        typer.echo(f"wrote {path}")
+
+
+@app.command("latency")
+def latency(
+    bundle: BundleOpt = None,
+    model: ModelOpt = None,
+    method: MethodOpt = "lincir",
+    work: WorkOpt = DEFAULT_WORK,
+    checkpoint: CheckpointOpt = None,
+    weights: WeightsOpt = None,
+    backends: Annotated[str | None, typer.Option(
+        "--backends", help="Comma-separated: torch, ort-fp32, ort-fp16, ort-int8, ort-cuda-fp16, ort-tensorrt-fp16, "
+        "trt-fp16. Default: all this machine and bundle can run. torch is always measured.")] = None,
+    batch: Annotated[str, typer.Option("--batch", help="Comma-separated batch sizes.")] = "1,8,32,128",
+    gallery_size: Annotated[int, typer.Option("--gallery-size", min=1, help="Vectors searched per query.")] = 10_000,
+    threads: ThreadsOpt = None,
+    out: OutOpt = None,
+    quick: QuickOpt = False,
+) -> None:
+    """Per-stage latency (p50/p95/p99, items/s) per backend and batch, ratios to PyTorch, roofline."""
+    from zscir_bench import latency as lat
+    from zscir_bench.machine import recorded
+    from zscir_bench.timing import QUICK_POLICY
+
+    batches = int_list(batch, "--batch")
+    names = str_list(backends) if backends else None
+    bundle, checkpoint, weights = _bundle(bundle, model, method, work, checkpoint, weights)
+    n = _threads(threads)
+    policy = QUICK_POLICY if quick else lat.LATENCY_POLICY
+    try:
+        report = recorded("latency", n, lambda: lat.run_latency(
+            bundle, names, batches, threads=n, policy=policy, gallery_size=gallery_size, checkpoint=checkpoint,
+            weights=weights, progress=lambda msg: console.log(msg)))
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    _write(report, out or RESULTS / f"latency-{bundle.name}")
+
+
+@app.command("search")
+def search_bench(
+    dim: Annotated[int | None, typer.Option("--dim", min=1, help="Vector dimension D (default: the bundle's, "
+                                                                   "else 512).")] = None,
+    bundle: BundleOpt = None,
+    sizes: Annotated[str, typer.Option("--sizes", help="Comma-separated gallery sizes.")] = "10000,100000,1000000",
+    queries: Annotated[int, typer.Option("--queries", min=1, help="Queries for recall and latency.")] = 1000,
+    threads: ThreadsOpt = None,
+    out: OutOpt = None,
+    quick: QuickOpt = False,
+) -> None:
+    """Flat, HNSW, IVF-Flat and IVF-PQ: build time, memory, p50 at batch 1, throughput at 256, recall@10."""
+    from zscir_bench import search_bench as sb
+    from zscir_bench.machine import recorded
+    from zscir_bench.timing import QUICK_POLICY
+    from zscir_infer.bundle import load_bundle
+
+    d = dim or (load_bundle(bundle, verify=False).embed_dim if bundle else 512)
+    n = _threads(threads)
+    policies = (QUICK_POLICY, QUICK_POLICY) if quick else (sb.BATCH1_POLICY, sb.THROUGHPUT_POLICY)
+    report = recorded("search", n, lambda: sb.run_search_bench(
+        d, int_list(sizes, "--sizes"), queries, n, progress=lambda msg: console.log(msg),
+        policy1=policies[0], policy_batch=policies[1]))
+    _write(report, out or RESULTS / "search")
+
+
+@app.command("cold-start")
+def cold_start(
+    bundle: BundleOpt = None,
+    model: ModelOpt = None,
+    method: MethodOpt = "lincir",
+    work: WorkOpt = DEFAULT_WORK,
+    checkpoint: CheckpointOpt = None,
+    weights: WeightsOpt = None,
+    runs: Annotated[int, typer.Option("--runs", min=1, help="Timed runs of each program.")] = 3,
+    gallery_size: Annotated[int, typer.Option("--gallery-size", min=1)] = 10_000,
+    threads: ThreadsOpt = None,
+    out: OutOpt = None,
+) -> None:
+    """`zscir-infer query` from a fresh process vs the PyTorch reference doing the same query."""
+    from zscir_bench.cold_start import run_cold_start
+    from zscir_bench.machine import recorded
+
+    bundle, checkpoint, weights = _bundle(bundle, model, method, work, checkpoint, weights)
+    n = _threads(threads)
+    report = recorded("cold_start", n, lambda: run_cold_start(
+        bundle, threads=n, runs=runs, gallery_size=gallery_size, checkpoint=checkpoint, weights=weights))
+    _write(report, out or RESULTS / f"cold-start-{bundle.name}")
+
+
+@app.command("train-cost")
+def train_cost(
+    models: Annotated[str, typer.Option("--models", help="Comma-separated open_clip architectures (random "
+                                                         "weights).")] = "zscir-tiny,ViT-B-32,ViT-L-14",
+    batch: Annotated[int, typer.Option("--batch", min=2, help="Global batch, the same for both methods.")] = 32,
+    precision: Annotated[str, typer.Option("--precision", help="fp32, or bf16 autocast (AVX-512 BF16 CPUs).")] = "fp32",
+    threads: ThreadsOpt = None,
+    out: OutOpt = None,
+    quick: QuickOpt = False,
+) -> None:
+    """LinCIR (captions) vs Pic2Word (images): step time, data time and samples/s on the same backbone."""
+    from zscir_bench import train_cost as tc
+    from zscir_bench.machine import recorded
+    from zscir_bench.timing import QUICK_POLICY
+
+    if precision not in ("fp32", "bf16"):
+        raise typer.BadParameter(f"--precision {precision!r}: use fp32 or bf16.")
+    n = _threads(threads)
+    policies = (QUICK_POLICY, QUICK_POLICY) if quick else (tc.STEP_POLICY, tc.DATA_POLICY)
+
+    def body() -> dict:
+        rows = []
+        for name in str_list(models):
+            console.log(f"train cost: {name}, batch {batch}")
+            rows.append(tc.backbone_cost(name, batch, precision, n, *policies))
+        return {"precision": precision, "threads": n, "backbones": rows,
+                "steps_note": f"{policies[0].warmup} warm-up step(s), then at least {policies[0].min_reps} timed "
+                              f"steps and {policies[0].min_seconds} s per method."}
+
+    _write(recorded("train_cost", n, body), out or RESULTS / "train-cost")
+
+
+@app.command("accuracy")
+def accuracy(
+    world: Annotated[Path, typer.Option("--world", exists=True, file_okay=False,
+                                        help="A shapes world (zscir-train world --out DIR).")],
+    checkpoint: Annotated[list[Path] | None, typer.Option(
+        "--checkpoint", exists=True, dir_okay=False, help="A phi checkpoint trained on the world (repeatable).")] = None,
+    backbone: Annotated[str, typer.Option("--backbone", help="The backbone of the slerp/baseline bundle.")] = "world-clip",
+    weights: Annotated[str | None, typer.Option(
+        "--weights", help="Backbone weights (default for world-clip: the committed ones).")] = None,
+    backends: Annotated[str, typer.Option("--backends")] = "torch,ort-fp32,ort-fp16,ort-int8",
+    work: WorkOpt = DEFAULT_WORK,
+    threads: ThreadsOpt = None,
+    out: OutOpt = None,
+) -> None:
+    """R@1/5/10 and mAP@10 of every method on the world's test queries: PyTorch, ORT fp32, fp16, int8."""
+    from zscir_bench.accuracy import run_accuracy
+    from zscir_bench.machine import recorded
+
+    if weights is None and backbone == "world-clip":
+        from zscir_train.world import world_clip_path
+
+        weights = str(world_clip_path())
+    if not (world / "ground_truth").is_dir():
+        raise typer.BadParameter(f"{world} has no ground_truth/: generate it with `zscir-train world --out {world}`.")
+    n = _threads(threads)
+    report = recorded("accuracy", n, lambda: run_accuracy(
+        world, checkpoint or [], backbone, weights, work / "accuracy", backends=str_list(backends), threads=n,
+        progress=lambda msg: console.log(msg)))
+    _write(report, out or RESULTS / "accuracy")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,171 @@
+"""`zscir-bench latency`: every stage of a composed query, per backend and batch, against the PyTorch
+reference and the machine's matrix-multiply peak, all measured in one run.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from zscir_bench import machine, roofline, samples
+from zscir_bench.search_bench import clustered_vectors
+from zscir_bench.stages import STAGES, BackendSpec, RuntimeStages, TorchStages, parse_backend, run_stages
+from zscir_bench.timing import Policy
+from zscir_infer.bundle import load_bundle
+
+DEFAULT_BATCHES = (1, 8, 32, 128)
+DEFAULT_GALLERY = 10_000  # gallery vectors searched by the search and end-to-end stages
+CPU_PRECISIONS = ("fp32", "fp16", "int8")
+REFERENCE = "torch"
+LATENCY_POLICY = Policy(warmup=2, min_reps=5, min_seconds=2.0, max_reps=200)
+ROOFLINE_STAGES = ("image_encode", "query_encode", "text_encode")
+
+
+def available_backends(bundle_dir: Path) -> tuple[list[str], dict[str, str]]:
+    """(backends to run, {backend: why it is skipped}) for this bundle on this machine."""
+    import onnxruntime as ort
+
+    bundle = load_bundle(bundle_dir, verify=False)
+    precisions = bundle.precisions("image_encoder")
+    names = [REFERENCE] + [f"ort-{p}" for p in CPU_PRECISIONS if p in precisions]
+    skipped = {f"ort-{p}": "not in the bundle (export with --fp16 / --int8)" for p in CPU_PRECISIONS
+               if p not in precisions}
+    providers = ort.get_available_providers()
+    for device, provider in (("cuda", "CUDAExecutionProvider"), ("tensorrt", "TensorrtExecutionProvider")):
+        for p in ("fp32", "fp16"):
+            name = f"ort-{device}-{p}"
+            if provider in providers and p in precisions:
+                names.append(name)
+            else:
+                skipped[name] = f"onnxruntime {ort.__version__} has no {provider} here (providers: {providers})"
+    engine_precisions = sorted({e.precision for e in bundle.engines})
+    gpus = machine.gpu_info()
+    for p in engine_precisions or ["fp16"]:
+        if gpus and p in engine_precisions:
+            names.append(f"trt-{p}")
+        else:
+            skipped[f"trt-{p}"] = "no GPU on this machine" if not gpus else "the bundle has no TensorRT engines"
+    return names, skipped
+
+
+def flops_of(reference) -> dict[str, int]:
+    """FLOPs per item of the three encoders, from the backbone's open_clip config."""
+    arch = {**reference.backbone.arch, "embed_dim": reference.backbone.embed_dim}
+    phi = reference.query_encoder.phi if reference.query_encoder is not None else None
+    phi_dims = (phi.embed_dim, phi.width, phi.hidden_dim) if phi is not None else None
+    return {"image_encode": roofline.image_flops(arch), "text_encode": roofline.text_flops(arch),
+            "query_encode": roofline.query_flops(arch, phi_dims)}
+
+
+def _stats_json(results: dict) -> dict:
+    return {stage: {str(b): s.to_dict() for b, s in per_batch.items()} for stage, per_batch in results.items()}
+
+
+def ratios_to_reference(backends: dict) -> dict:
+    """{backend: {stage: {batch: p50 / reference p50}}} (below 1: faster than PyTorch)."""
+    ref = backends.get(REFERENCE)
+    if ref is None:
+        return {}
+    out = {}
+    for name, b in backends.items():
+        if name == REFERENCE:
+            continue
+        out[name] = {
+            stage: {batch: s["p50_ms"] / ref["stages"][stage][batch]["p50_ms"]
+                    for batch, s in per_batch.items() if batch in ref["stages"].get(stage, {})}
+            for stage, per_batch in b["stages"].items()
+        }
+    return out
+
+
+def rooflines(backends: dict, flops: dict[str, int], peaks: dict) -> dict:
+    """{backend: {stage: {batch: {gflop_per_item, achieved_gflops, percent_of_peak}}}}; int8 graphs are
+    also compared with the int8 GEMM peak."""
+    out = {}
+    for name, b in backends.items():
+        per_stage = {}
+        for stage in ROOFLINE_STAGES:
+            if stage not in b["stages"]:
+                continue
+            per_stage[stage] = {}
+            for batch, s in b["stages"][stage].items():
+                entry = roofline.roofline_entry(flops[stage], s["items_per_s"], peaks["fp32_peak_gflops"])
+                if name.endswith("int8"):
+                    entry["percent_of_int8_peak"] = 100.0 * entry["achieved_gflops"] / peaks["int8_peak_gops"]
+                per_stage[stage][batch] = entry
+        out[name] = per_stage
+    return out
+
+
+def run_latency(
+    bundle_dir: Path,
+    backends: Sequence[str] | None = None,
+    batches: Sequence[int] = DEFAULT_BATCHES,
+    *,
+    threads: int,
+    policy: Policy = LATENCY_POLICY,
+    gallery_size: int = DEFAULT_GALLERY,
+    checkpoint: Path | None = None,
+    weights: str | None = None,
+    stages: Sequence[str] = STAGES,
+    peak_size: int = roofline.PEAK_GEMM_SIZE,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """The latency results (JSON-ready) for one bundle; the PyTorch reference is always measured."""
+    from zscir_bench.reference_model import reference_for_bundle
+
+    names, skipped = available_backends(bundle_dir)
+    if backends is not None:
+        unknown = [b for b in backends if b not in names and b not in skipped]
+        for b in unknown:
+            parse_backend(b)  # raises for a malformed name
+        names = [REFERENCE] + [b for b in backends if b in names and b != REFERENCE]
+        skipped = {b: why for b, why in skipped.items() if b in backends}
+    say = progress or (lambda _msg: None)
+    say(f"matrix-multiply peak ({threads} threads)")
+    peaks = roofline.measure_peaks(threads, n=peak_size)
+    reference, provenance = reference_for_bundle(bundle_dir, checkpoint, weights)
+    flops = flops_of(reference)
+    max_batch = max(batches)
+    xb, _ = clustered_vectors(gallery_size, reference.embed_dim)
+    texts = samples.modification_texts(max_batch)
+    measured = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = samples.write_jpegs(Path(tmp), max_batch)
+        for name in names:
+            spec = parse_backend(name)
+            adapter = (TorchStages(reference, xb, threads) if spec.backend == REFERENCE
+                       else RuntimeStages(bundle_dir, spec, xb, threads, max_batch))
+            results = run_stages(adapter, paths, texts, batches, policy, stages, say)
+            measured[name] = {"spec": _spec_json(spec), "providers": adapter.providers,
+                              "method": adapter.method, "stages": _stats_json(results)}
+            del adapter
+    return {
+        "bundle": _bundle_json(load_bundle(bundle_dir, verify=False)),
+        "reference": provenance,
+        "threads": threads,
+        "policy": policy.__dict__,
+        "batches": list(batches),
+        "gallery_size": gallery_size,
+        "inputs": {"images": f"{samples.PHOTO_SIZE[0]}x{samples.PHOTO_SIZE[1]} JPEG files (quality "
+                             f"{samples.JPEG_QUALITY})", "texts": "short modification texts"},
+        "peaks": peaks,
+        "flops": flops,
+        "backends": measured,
+        "skipped_backends": skipped,
+        "ratios": ratios_to_reference(measured),
+        "roofline": rooflines(measured, flops, peaks),
+    }
+
+
+def _spec_json(spec: BackendSpec) -> dict:
+    return {"backend": spec.backend, "device": spec.device, "precision": spec.precision}
+
+
+def _bundle_json(bundle) -> dict:
+    m = bundle.manifest
+    return {"name": bundle.path.name, "method": m["method"], "backbone": m["backbone"]["name"],
+            "pretrained": m["backbone"].get("pretrained"), "embed_dim": m["embed_dim"], "width": m["width"],
+            "image_size": m["preprocess"]["image_size"], "precisions": bundle.precisions("image_encoder"),
+            "bundle_id": bundle.bundle_id}

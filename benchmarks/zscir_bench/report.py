@@ -1,0 +1,301 @@
+"""Reports: the raw JSON, a Markdown page and PNG plots per benchmark, written atomically to one folder.
+
+Every page starts with the machine, the thread count and whether other processes shared the cores
+(load average and busy processes at the start and the end), and ends with the issue's targets:
+the measured figure, the target, and whether it was met.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from zscir_bench import plots
+from zscir_infer.atomic import atomic_write_json, atomic_write_text
+
+TARGET_E2E_RATIO = 0.5  # ORT fp32 composed-query p50 at batch 1 <= 0.5x the PyTorch reference
+TARGET_PEAK_PERCENT = 70.0  # image encoding at batch 32 >= 70% of the matmul peak
+TARGET_INT8_SPEEDUP = 1.8  # ORT int8 >= 1.8x ORT fp32 throughput
+TARGET_INT8_R10_POINTS = 1.0  # ... with <= 1 point R@10 change on the world
+TARGET_SEARCH_MS, TARGET_SEARCH_RECALL, TARGET_SEARCH_N = 1.0, 0.95, 1_000_000
+TARGET_COLD_START_RATIO = 0.3
+ROOFLINE_BATCH = "32"
+
+
+def _f(x, digits: int = 2) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:,.{digits}f}"
+    return f"{x:,}" if isinstance(x, int) else str(x)
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_f(c) for c in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _target(name: str, measured: str, goal: str, met: bool | None, note: str = "") -> dict:
+    return {"target": name, "measured": measured, "goal": goal, "met": met, "note": note}
+
+
+def machine_md(report: dict) -> list[str]:
+    m, load = report["machine"], report["load"]
+    cpu = m["cpu"]
+    gpus = ", ".join(g["name"] for g in m["gpus"]) or "none"
+    libs = ", ".join(f"{k} {v}" for k, v in m["libraries"].items())
+    lines = [
+        "## Machine", "",
+        f"- CPU: {cpu['model']} ({cpu['usable_cores']} usable cores of {cpu['logical_cores']}, {cpu['architecture']}); "
+        f"instruction sets: {', '.join(cpu['instruction_sets']) or 'unknown'}",
+        f"- GPU: {gpus}",
+        f"- threads used: {m['threads']}; BLAS environment: {m['blas_env'] or 'none set'}",
+        f"- libraries: {libs}; Python {m['python']} on {m['os']}",
+    ]
+    for when in ("start", "end"):
+        snap = load[when]
+        busy = ", ".join(f"{p['name']} ({p['cpu_percent']:.0f}%)" for p in snap["busy_processes"]) or "none"
+        lines.append(f"- load at {when} ({snap['time']}): load average {', '.join(f'{x:.2f}' for x in snap['loadavg'])}; "
+                     f"other busy processes: {busy}")
+    if load["shared"]:
+        lines.append("- **The cores were shared with other processes during this run: figures are pessimistic "
+                     "and noisier than on an idle machine.**")
+    return lines + [""]
+
+
+def targets_md(targets: list[dict]) -> list[str]:
+    rows = [[t["target"], t["measured"], t["goal"], {True: "met", False: "**missed**", None: "n/a"}[t["met"]],
+             t["note"]] for t in targets]
+    return ["## Targets", "", *_table(["target", "measured", "goal", "status", "note"], rows)]
+
+
+# --- latency -----------------------------------------------------------------------------------------------
+def _stat(report: dict, backend: str, stage: str, batch: str) -> dict | None:
+    return report["backends"].get(backend, {}).get("stages", {}).get(stage, {}).get(batch)
+
+
+def latency_targets(report: dict) -> list[dict]:
+    out = []
+    fp32, ref = _stat(report, "ort-fp32", "end_to_end", "1"), _stat(report, "torch", "end_to_end", "1")
+    if fp32 and ref:
+        ratio = fp32["p50_ms"] / ref["p50_ms"]
+        out.append(_target("ORT fp32 composed query, batch 1, vs PyTorch", f"{ratio:.2f}x ({fp32['p50_ms']:.1f} vs "
+                           f"{ref['p50_ms']:.1f} ms p50)", f"<= {TARGET_E2E_RATIO}x", ratio <= TARGET_E2E_RATIO))
+    roof = report["roofline"].get("ort-fp32", {}).get("image_encode", {}).get(ROOFLINE_BATCH)
+    if roof:
+        pct = roof["percent_of_peak"]
+        out.append(_target("ORT fp32 image encoding, batch 32, % of matmul peak",
+                           f"{pct:.0f}% ({roof['achieved_gflops']:.0f} of {report['peaks']['fp32_peak_gflops']:.0f} "
+                           "GFLOP/s)", f">= {TARGET_PEAK_PERCENT:.0f}%", pct >= TARGET_PEAK_PERCENT))
+    for stage in ("image_encode", "end_to_end"):
+        i8, f32 = _stat(report, "ort-int8", stage, ROOFLINE_BATCH), _stat(report, "ort-fp32", stage, ROOFLINE_BATCH)
+        if i8 and f32:
+            speedup = i8["items_per_s"] / f32["items_per_s"]
+            out.append(_target(f"ORT int8 vs fp32 throughput ({stage}, batch 32)", f"{speedup:.2f}x",
+                               f">= {TARGET_INT8_SPEEDUP}x", speedup >= TARGET_INT8_SPEEDUP,
+                               "accuracy side: see the accuracy report"))
+    return out
+
+
+def latency_md(report: dict) -> str:
+    b = report["bundle"]
+    lines = [
+        f"# Latency: {b['backbone']} ({b['method']} bundle)", "",
+        f"Created {report['created']} by `{report['command']}`.", "",
+        f"Bundle `{b['name']}`: D={b['embed_dim']}, W={b['width']}, {b['image_size']} px, precisions "
+        f"{', '.join(b['precisions'])}. PyTorch reference: backbone {report['reference']['backbone']}, weights: "
+        f"{report['reference']['weights']}; phi: {report['reference']['phi']}.", "",
+        f"Inputs: {report['inputs']['images']}; {report['inputs']['texts']}; search over {report['gallery_size']:,} "
+        f"gallery vectors. Timing: {report['policy']['warmup']} warm-up calls, then at least "
+        f"{report['policy']['min_reps']} calls and {report['policy']['min_seconds']} s per figure; `n` is the number "
+        "of timed calls (a p99 over few calls is close to the maximum).", "",
+        *machine_md(report),
+        "## Matrix-multiply peak (same run)", "",
+        *_table(["GEMM", "n", "best GFLOP/s", "median GFLOP/s", "note"],
+                [[g["name"], g["n"], g["best_gflops"], g["median_gflops"], g["note"]] for g in report["peaks"]["gemms"]]),
+        f"Peak used for rooflines: {report['peaks']['fp32_peak_gflops']:.0f} GFLOP/s "
+        f"({report['peaks']['fp32_peak_source']}); int8 graphs are also compared with "
+        f"{report['peaks']['int8_peak_gops']:.0f} GOP/s (ORT MatMulInteger).", "",
+    ]
+    lines += _stage_tables(report)
+    lines += _roofline_table(report)
+    if report["skipped_backends"]:
+        lines += ["## Backends not run", "",
+                  *_table(["backend", "why"], [[k, v] for k, v in report["skipped_backends"].items()])]
+    lines += targets_md(latency_targets(report))
+    lines += ["## Plots", "", "![latency vs batch](latency_vs_batch.png)", "", "![stage breakdown](stage_breakdown.png)", ""]
+    return "\n".join(lines)
+
+
+def _stage_tables(report: dict) -> list[str]:
+    names = list(report["backends"])
+    lines = []
+    for batch in (str(b) for b in report["batches"]):
+        rows = []
+        for stage in next(iter(report["backends"].values()))["stages"]:
+            row = [stage]
+            for name in names:
+                s = _stat(report, name, stage, batch)
+                ratio = report["ratios"].get(name, {}).get(stage, {}).get(batch)
+                row.append("–" if s is None else f"{s['p50_ms']:.2f} / {s['p95_ms']:.2f} / {s['p99_ms']:.2f}"
+                           + (f" ({ratio:.2f}x)" if ratio is not None else ""))
+            rows.append(row)
+        items = ["items/s (end_to_end)"] + [
+            _f((_stat(report, n, "end_to_end", batch) or {}).get("items_per_s"), 1) for n in names]
+        lines += [f"## Batch {batch}: p50 / p95 / p99 ms per call (ratio of p50 to PyTorch)", "",
+                  *_table(["stage", *names], [*rows, items])]
+    return lines
+
+
+def _roofline_table(report: dict) -> list[str]:
+    rows = []
+    for name, per_stage in report["roofline"].items():
+        for stage, per_batch in per_stage.items():
+            e = per_batch.get(ROOFLINE_BATCH)
+            if e:
+                rows.append([name, stage, e["gflop_per_item"], e["achieved_gflops"], e["percent_of_peak"],
+                             e.get("percent_of_int8_peak")])
+    return [f"## Roofline at batch {ROOFLINE_BATCH}", "",
+            f"FLOPs per item from the open_clip config: image {report['flops']['image_encode'] / 1e9:.4g} GFLOP, query "
+            f"{report['flops']['query_encode'] / 1e9:.4g} GFLOP, text {report['flops']['text_encode'] / 1e9:.4g} GFLOP.",
+            "", *_table(["backend", "stage", "GFLOP/item", "achieved GFLOP/s", "% of fp32 peak", "% of int8 peak"], rows)]
+
+
+# --- search ------------------------------------------------------------------------------------------------
+def search_targets(report: dict) -> list[dict]:
+    from zscir_bench.search_bench import best_meeting
+
+    if TARGET_SEARCH_N not in report["sizes"]:
+        return []
+    best = best_meeting(report["results"], TARGET_SEARCH_N, TARGET_SEARCH_RECALL)
+    goal = f"p50 <= {TARGET_SEARCH_MS} ms at recall@10 >= {TARGET_SEARCH_RECALL}"
+    if best is None:
+        return [_target(f"HNSW/IVF on {TARGET_SEARCH_N:,} x {report['d']}", "no configuration reached the recall",
+                        goal, False)]
+    measured = (f"{best['index']} {best['param']}={best['value']}: {best['p50_ms']:.3f} ms at recall@10 "
+                f"{best['recall_at_10']:.3f}")
+    return [_target(f"HNSW/IVF on {TARGET_SEARCH_N:,} x {report['d']}", measured, goal,
+                    best["p50_ms"] <= TARGET_SEARCH_MS)]
+
+
+def search_md(report: dict) -> str:
+    v = report["vectors"]
+    lines = [
+        f"# Search: FAISS indexes over {', '.join(f'{n:,}' for n in report['sizes'])} vectors of D={report['d']}", "",
+        f"Created {report['created']} by `{report['command']}`.", "",
+        f"Vectors: {v['kind']} (~{v['vectors_per_cluster']} per cluster, spread {v['spread']}, spectrum decay "
+        f"{v['spectrum_decay']}, seed {v['seed']}); {report['n_queries']} queries from the same distribution; "
+        f"recall@{report['k']} against exact search. Indexes built by `zscir_infer.search.build_index`.", "",
+        *machine_md(report),
+    ]
+    for n in report["sizes"]:
+        rows = []
+        for r in (r for r in report["results"] if r["n"] == n):
+            for p in r["sweep"]:
+                rows.append([r["index"], f"{p['param']}={p['value']}" if p["param"] else "exact", r["build_s"],
+                             r["memory_bytes"] / 2**20, p["p50_ms"], p["qps_batch256"], p["recall_at_10"]])
+        lines += [f"## {n:,} vectors", "",
+                  *_table(["index", "search parameter", "build s", "memory MiB", "p50 ms (batch 1)",
+                           "queries/s (batch 256)", "recall@10"], rows)]
+    lines += targets_md(search_targets(report))
+    lines += ["## Plot", "", "![recall vs latency](recall_vs_latency.png)", ""]
+    return "\n".join(lines)
+
+
+# --- train cost --------------------------------------------------------------------------------------------
+def train_cost_md(report: dict) -> str:
+    rows = []
+    for r in report["backbones"]:
+        for method in ("lincir", "pic2word"):
+            m = r[method]
+            rows.append([r["backbone"], method, r["batch"], m["step_s"], m["data_s"], m["samples_per_s_compute"],
+                         m["samples_per_s_with_data"]])
+    speedups = [[r["backbone"], r["speedup_compute"], r["speedup_with_data"],
+                 r["lincir"]["one_off_masking"]["captions_per_s"]] for r in report["backbones"]]
+    lines = [
+        "# Training cost: LinCIR (captions) vs Pic2Word (images)", "",
+        f"Created {report['created']} by `{report['command']}`. Random weights, precision {report['precision']}, "
+        f"{report['threads']} threads; {report['steps_note']}", "",
+        *machine_md(report),
+        "## Per step", "",
+        *_table(["backbone", "method", "batch", "compute s/step", "data s/step (1 process)", "samples/s compute",
+                 "samples/s with data"], rows),
+        "## LinCIR speed-up over Pic2Word", "",
+        *_table(["backbone", "compute", "with data loading", "one-off masking, captions/s"], speedups),
+        "The LinCIR paper reports language-only training 6x to 17.6x faster than image-based methods.", "",
+        "![train cost](train_cost.png)", "",
+    ]
+    return "\n".join(lines)
+
+
+# --- accuracy ----------------------------------------------------------------------------------------------
+def accuracy_targets(report: dict) -> list[dict]:
+    out = []
+    for method, per_backend in report["results"].items():
+        f32, i8 = per_backend.get("ort-fp32"), per_backend.get("ort-int8")
+        if f32 and i8 and "R@10" in f32:
+            delta = i8["R@10"] - f32["R@10"]
+            out.append(_target(f"int8 R@10 change on the world ({method})", f"{delta:+.2f} points",
+                               f"|change| <= {TARGET_INT8_R10_POINTS}", abs(delta) <= TARGET_INT8_R10_POINTS))
+    return out
+
+
+def accuracy_md(report: dict) -> str:
+    backends = report["backends"]
+    metrics = report["metrics"]
+    lines = [
+        "# Accuracy on the shapes world: methods x backends", "",
+        f"Created {report['created']} by `{report['command']}`. World: {report['world']}; "
+        f"{report['num_queries']} test queries; backbone {report['backbone']}.", "",
+        *machine_md(report),
+    ]
+    for metric in metrics:
+        rows = [[method, *[per_backend.get(b, {}).get(metric) for b in backends]]
+                for method, per_backend in report["results"].items()]
+        lines += [f"## {metric}", "", *_table(["method", *backends], rows)]
+    if report.get("notes"):
+        lines += ["## Notes", "", *[f"- {n}" for n in report["notes"]], ""]
+    lines += targets_md(accuracy_targets(report))
+    return "\n".join(lines)
+
+
+# --- cold start --------------------------------------------------------------------------------------------
+def cold_start_md(report: dict) -> str:
+    rows = [[name, r["median_s"], r["min_s"], r["runs"], r["command"]] for name, r in report["runs"].items()]
+    ratio = report["ratio"]
+    target = _target("`zscir-infer query` cold start vs PyTorch reference", f"{ratio:.2f}x", f"<= {TARGET_COLD_START_RATIO}x",
+                     ratio <= TARGET_COLD_START_RATIO)
+    lines = [
+        "# Cold start: one composed query from a fresh process", "",
+        f"Created {report['created']} by `{report['command']}`. Gallery of {report['gallery_size']:,} items; "
+        "wall time from process start to printed results, file cache warm (one untimed run first).", "",
+        *machine_md(report),
+        *_table(["program", "median s", "min s", "runs", "command"], rows),
+        *targets_md([target]),
+    ]
+    return "\n".join(lines)
+
+
+MARKDOWN: dict[str, Callable[[dict], str]] = {
+    "latency": latency_md, "search": search_md, "train_cost": train_cost_md, "accuracy": accuracy_md,
+    "cold_start": cold_start_md,
+}
+PLOTS: dict[str, list[tuple[str, Callable]]] = {
+    "latency": [("latency_vs_batch.png", plots.latency_vs_batch), ("stage_breakdown.png", plots.stage_breakdown)],
+    "search": [("recall_vs_latency.png", plots.recall_vs_latency)],
+    "train_cost": [("train_cost.png", plots.train_cost)],
+}
+
+
+def write_report(report: dict, out: Path) -> list[Path]:
+    """`{kind}.json`, `{kind}.md` and the kind's PNG plots in `out`; returns the paths written."""
+    kind = report["kind"]
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{kind}.json", out / f"{kind}.md"]
+    atomic_write_json(paths[0], report)
+    atomic_write_text(paths[1], MARKDOWN[kind](json.loads(json.dumps(report))))
+    for name, plot in PLOTS.get(kind, []):
+        paths.append(plot(json.loads(json.dumps(report)), out / name))
+    return paths

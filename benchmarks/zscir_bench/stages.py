@@ -1,0 +1,201 @@
+"""Where the time of a composed query goes: one adapter per backend, the same stages for each.
+
+Stages (each timed on its own, inputs prepared outside the timed call):
+  decode_preprocess  JPEG files -> pixels [B, 3, S, S] (decode, bicubic resize, crop, normalize)
+  tokenize           prompts -> token ids [B, 77] (for phi: the template filled with the text)
+  image_encode       pixels -> image features [B, D]
+  query_encode       (image features, token ids) -> query features [B, D] (phi + text transformer; for a
+                     slerp bundle the text encoder + slerp)
+  text_encode        token ids -> text features [B, D]
+  search             query features -> top-10 over a gallery (exact)
+  end_to_end         (image file, text) -> top-10: everything above in one call, as a user runs it
+
+`TorchStages` is the reference the papers' code amounts to: open_clip's transform and tokenizer, the
+PyTorch modules in eager mode, and a torch matmul + topk over the gallery features. `RuntimeStages` is
+zscir's deployment path: `zscir_infer.Runtime` (ONNX Runtime or TensorRT) and a FAISS flat index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from zscir_bench.timing import LatencyStats, Policy, measure
+
+STAGES = ("decode_preprocess", "tokenize", "image_encode", "query_encode", "text_encode", "search", "end_to_end")
+K = 10
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str  # torch | ort-fp32 | ort-cuda-fp16 | ort-tensorrt-fp16 | trt-fp16 ...
+    backend: str  # torch | ort | trt
+    device: str = "cpu"  # cpu | cuda | tensorrt (ONNX Runtime's TensorRT provider)
+    precision: str = "fp32"
+
+
+def parse_backend(name: str) -> BackendSpec:
+    """'torch', 'ort-fp32', 'ort-int8', 'ort-cuda-fp16', 'ort-tensorrt-fp16' or 'trt-fp16'."""
+    parts = name.strip().lower().split("-")
+    if parts == ["torch"]:
+        return BackendSpec("torch", "torch")
+    if parts[0] == "ort" and len(parts) == 2:
+        return BackendSpec(name, "ort", "cpu", parts[1])
+    if parts[0] == "ort" and len(parts) == 3 and parts[1] in ("cuda", "tensorrt"):
+        return BackendSpec(name, "ort", parts[1], parts[2])
+    if parts[0] == "trt" and len(parts) == 2:
+        return BackendSpec(name, "trt", "cuda", parts[1])
+    raise ValueError(
+        f"Unknown backend {name!r}: use torch, ort-PRECISION (CPU), ort-cuda-PRECISION, ort-tensorrt-PRECISION "
+        "or trt-PRECISION, with PRECISION fp32, fp16 or int8 (as the bundle has them)."
+    )
+
+
+class RuntimeStages:
+    """zscir's runtime on a bundle: ONNX Runtime (CPU, CUDA, TensorRT provider) or TensorRT engines."""
+
+    def __init__(self, bundle: Path, spec: BackendSpec, xb: np.ndarray, threads: int, max_batch: int):
+        from zscir_infer import search
+        from zscir_infer.runtime import Runtime
+
+        self.spec = spec
+        self.rt = Runtime(bundle, spec.backend, spec.device, spec.precision, batch_size=max_batch, threads=threads)
+        self.method = self.rt.default_method
+        self.index = search.build_index(xb, "flat", gpu=False)
+
+    @property
+    def providers(self) -> dict[str, list[str]]:
+        return self.rt.providers_used()
+
+    def _graph(self, name: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        # Runtime runs whole pipelines; the stage breakdown needs one graph call on its own.
+        from zscir_infer.runtime import OUTPUTS
+
+        return self.rt._session(name).infer(feeds)[OUTPUTS[name]]
+
+    def prompts(self, texts: Sequence[str]) -> list[str]:
+        from zscir_infer.runtime import fill_template
+
+        if self.method != "phi":
+            return list(texts)
+        return [fill_template(self.rt.template(), t, self.rt.placeholder) for t in texts]
+
+    def decode_preprocess(self, paths: Sequence[Path]) -> np.ndarray:
+        return self.rt.preprocess(paths)
+
+    def tokenize(self, prompts: Sequence[str]) -> np.ndarray:
+        return self.rt.token_ids(prompts)
+
+    def image_encode(self, pixels: np.ndarray) -> np.ndarray:
+        return self.rt.image_features(pixels)
+
+    def text_encode(self, ids: np.ndarray) -> np.ndarray:
+        return self._graph("text_encoder", {"token_ids": ids})
+
+    def query_encode(self, features: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        from zscir_infer.runtime import slerp
+
+        if self.method == "phi":
+            return self._graph("query_encoder", {"image_features": features, "token_ids": ids})
+        return slerp(features, self.text_encode(ids), self.rt.bundle.slerp_alpha)
+
+    def search(self, xq: np.ndarray) -> np.ndarray:
+        return self.index.search(np.ascontiguousarray(xq, dtype=np.float32), K)[1]
+
+    def end_to_end(self, pairs: Sequence[tuple[Path, str]]) -> np.ndarray:
+        return self.search(self.rt.encode_queries(pairs, method=self.method))
+
+
+class TorchStages:
+    """The PyTorch reference (open_clip + ComposedQueryEncoder), eager, with a torch matmul top-k."""
+
+    def __init__(self, reference, xb: np.ndarray, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.ref = reference
+        self.model = reference.backbone.model
+        self.method = "phi" if reference.query_encoder is not None else "slerp"
+        self.gallery = torch.from_numpy(xb)  # [G, D]
+        self.spec = BackendSpec("torch", "torch")
+        self.providers = {"all": [f"torch {torch.__version__} eager, {torch.get_num_threads()} threads"]}
+
+    def prompts(self, texts: Sequence[str]) -> list[str]:
+        from zscir_train.composed import fill_template
+
+        if self.method != "phi":
+            return list(texts)
+        return [fill_template(self.ref.template, t, self.ref.placeholder) for t in texts]
+
+    def decode_preprocess(self, paths: Sequence[Path]):
+        from PIL import Image
+
+        pixels = []
+        for path in paths:
+            with Image.open(path) as im:
+                pixels.append(self.ref.backbone.transform(im))
+        return self.torch.stack(pixels)  # [B, 3, S, S]
+
+    def tokenize(self, prompts: Sequence[str]):
+        return self.ref.backbone.tokenizer(list(prompts))
+
+    def image_encode(self, pixels):
+        with self.torch.inference_mode():
+            return self.model.encode_image(pixels)
+
+    def text_encode(self, ids):
+        with self.torch.inference_mode():
+            return self.model.encode_text(ids)
+
+    def query_encode(self, features, ids):
+        from zscir_train.composed import slerp
+
+        with self.torch.inference_mode():
+            if self.method == "phi":
+                return self.ref.query_encoder(features, ids)
+            return slerp(features, self.model.encode_text(ids), self.ref.alpha)
+
+    def search(self, xq):
+        xq = xq if isinstance(xq, self.torch.Tensor) else self.torch.from_numpy(xq)
+        with self.torch.inference_mode():
+            return self.torch.topk(xq @ self.gallery.T, K, dim=1).indices
+
+    def end_to_end(self, pairs: Sequence[tuple[Path, str]]):
+        return self.search(self.ref.encode_queries(pairs, method=self.method))
+
+
+def stage_calls(stages, paths: Sequence[Path], texts: Sequence[str]) -> dict[str, Callable[[], object]]:
+    """Zero-argument calls per stage for one batch, each with its inputs computed beforehand."""
+    prompts = stages.prompts(texts)
+    pixels = stages.decode_preprocess(paths)
+    ids = stages.tokenize(prompts)
+    features = stages.image_encode(pixels)
+    xq = stages.query_encode(features, ids)
+    pairs = list(zip(paths, texts, strict=True))
+    return {
+        "decode_preprocess": lambda: stages.decode_preprocess(paths),
+        "tokenize": lambda: stages.tokenize(prompts),
+        "image_encode": lambda: stages.image_encode(pixels),
+        "query_encode": lambda: stages.query_encode(features, ids),
+        "text_encode": lambda: stages.text_encode(ids),
+        "search": lambda: stages.search(xq),
+        "end_to_end": lambda: stages.end_to_end(pairs),
+    }
+
+
+def run_stages(stages, paths: Sequence[Path], texts: Sequence[str], batches: Sequence[int], policy: Policy,
+               only: Sequence[str] = STAGES, progress: Callable[[str], None] | None = None
+               ) -> dict[str, dict[int, LatencyStats]]:
+    """{stage: {batch: stats}} for every stage in `only` and every batch size."""
+    results: dict[str, dict[int, LatencyStats]] = {s: {} for s in only}
+    for batch in batches:
+        calls = stage_calls(stages, paths[:batch], texts[:batch])
+        for stage in only:
+            if progress:
+                progress(f"{stages.spec.name}: {stage} at batch {batch}")
+            results[stage][batch] = measure(calls[stage], batch, policy)
+    return results

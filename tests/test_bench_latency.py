@@ -1,0 +1,152 @@
+"""The latency benchmark on the tiny bundle: stage outputs agree between PyTorch and ONNX Runtime (the
+stages time the same computation), the report's ratios and rooflines are what its numbers say, and the
+CLI writes JSON, Markdown and real PNGs. No timing is asserted."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+from zscir_bench import latency as lat
+from zscir_bench import report, samples
+from zscir_bench.cli import app
+from zscir_bench.machine import recorded
+from zscir_bench.reference_model import reference_for_bundle
+from zscir_bench.search_bench import clustered_vectors
+from zscir_bench.stages import RuntimeStages, TorchStages, parse_backend, stage_calls
+from zscir_bench.timing import QUICK_POLICY
+
+runner = CliRunner()
+BATCHES = (1, 3)
+GALLERY = 500
+CPU_BACKENDS = ["torch", "ort-fp32", "ort-int8"]
+
+
+def cosines(a, b) -> np.ndarray:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    return samples.write_jpegs(folder, max(BATCHES)), samples.modification_texts(max(BATCHES))
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tiny_bundle, tiny_lincir_ckpt, tiny_clip_weights):
+    return recorded("latency", 2, lambda: lat.run_latency(
+        tiny_bundle, CPU_BACKENDS, BATCHES, threads=2, policy=QUICK_POLICY, gallery_size=GALLERY,
+        checkpoint=tiny_lincir_ckpt, weights=str(tiny_clip_weights), peak_size=128))
+
+
+def test_backend_names_parse_and_bad_ones_say_what_exists():
+    assert parse_backend("ort-int8").precision == "int8"
+    assert parse_backend("ort-cuda-fp16").device == "cuda"
+    assert parse_backend("trt-fp16").backend == "trt"
+    with pytest.raises(ValueError, match="ort-PRECISION"):
+        parse_backend("onnx-fp32")
+
+
+def test_available_backends_on_a_cpu_machine(tiny_bundle):
+    names, skipped = lat.available_backends(tiny_bundle)
+    assert names[:4] == ["torch", "ort-fp32", "ort-fp16", "ort-int8"]
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert "CUDAExecutionProvider" in skipped["ort-cuda-fp16"]
+
+
+def test_the_reference_rebuilt_from_the_checkpoint_computes_the_bundles_numbers(tiny_bundle, tiny_lincir_ckpt,
+                                                                               tiny_clip_weights):
+    _, provenance = reference_for_bundle(tiny_bundle, tiny_lincir_ckpt, str(tiny_clip_weights))
+    assert provenance["same_numbers_as_bundle"]
+    _, random = reference_for_bundle(tiny_bundle)
+    assert not random["same_numbers_as_bundle"] and "random" in random["weights"]
+
+
+def test_every_stage_computes_the_same_thing_in_pytorch_and_onnx_runtime(tiny_bundle, tiny_lincir_ckpt,
+                                                                         tiny_clip_weights, inputs):
+    """What each stage times is the same computation on both sides (so the ratios compare like with like)."""
+    paths, texts = inputs
+    reference, _ = reference_for_bundle(tiny_bundle, tiny_lincir_ckpt, str(tiny_clip_weights))
+    xb, _ = clustered_vectors(GALLERY, reference.embed_dim)
+    torch_stages = TorchStages(reference, xb, threads=2)
+    ort_stages = RuntimeStages(tiny_bundle, parse_backend("ort-fp32"), xb, threads=2, max_batch=4)
+    assert torch_stages.prompts(texts) == ort_stages.prompts(texts)
+    out = {}
+    for name, stages in (("torch", torch_stages), ("ort", ort_stages)):
+        calls = stage_calls(stages, paths, texts)
+        out[name] = {stage: call() for stage, call in calls.items()}
+    to_np = {k: np.asarray(v) for k, v in out["torch"].items()}
+    np.testing.assert_allclose(out["ort"]["decode_preprocess"], to_np["decode_preprocess"], atol=1e-5)
+    np.testing.assert_array_equal(out["ort"]["tokenize"], to_np["tokenize"])
+    for stage in ("image_encode", "query_encode", "text_encode"):
+        assert cosines(out["ort"][stage], to_np[stage]).min() > 0.9999, stage
+    np.testing.assert_array_equal(out["ort"]["end_to_end"][:, 0], to_np["end_to_end"][:, 0])  # same top hit
+
+
+def test_the_report_holds_every_backend_stage_and_batch(tiny_report):
+    assert list(tiny_report["backends"]) == CPU_BACKENDS
+    for b in tiny_report["backends"].values():
+        assert set(b["stages"]) == set(lat.STAGES)
+        for per_batch in b["stages"].values():
+            assert sorted(int(x) for x in per_batch) == list(BATCHES)
+            for s in per_batch.values():
+                assert s["p50_ms"] <= s["p95_ms"] <= s["p99_ms"] and s["n"] >= 2
+    assert tiny_report["reference"]["same_numbers_as_bundle"]
+    assert tiny_report["peaks"]["fp32_peak_gflops"] > 0
+    assert {g["name"] for g in tiny_report["peaks"]["gemms"]} == {
+        "numpy-openblas", "ort-matmul-fp32", "ort-matmulinteger-int8"}
+
+
+def test_ratios_and_rooflines_are_what_the_measurements_say(tiny_report):
+    backends, flops, peak = tiny_report["backends"], tiny_report["flops"], tiny_report["peaks"]["fp32_peak_gflops"]
+    for name in ("ort-fp32", "ort-int8"):
+        for stage, per_batch in tiny_report["ratios"][name].items():
+            for batch, ratio in per_batch.items():
+                expected = backends[name]["stages"][stage][batch]["p50_ms"] / backends["torch"]["stages"][stage][batch]["p50_ms"]
+                assert ratio == pytest.approx(expected)
+    entry = tiny_report["roofline"]["ort-fp32"]["image_encode"]["3"]
+    achieved = flops["image_encode"] * backends["ort-fp32"]["stages"]["image_encode"]["3"]["items_per_s"] / 1e9
+    assert entry["achieved_gflops"] == pytest.approx(achieved)
+    assert entry["percent_of_peak"] == pytest.approx(100 * achieved / peak)
+    assert "percent_of_int8_peak" in tiny_report["roofline"]["ort-int8"]["image_encode"]["1"]
+
+
+def test_the_report_is_written_as_json_markdown_and_pngs(tiny_report, tmp_path):
+    paths = report.write_report(tiny_report, tmp_path)
+    assert json.loads((tmp_path / "latency.json").read_text())["kind"] == "latency"
+    md = (tmp_path / "latency.md").read_text()
+    for section in ("## Machine", "## Matrix-multiply peak", "## Batch 1", "## Roofline", "## Targets"):
+        assert section in md
+    assert "load at start" in md and "load at end" in md
+    for png in (p for p in paths if p.suffix == ".png"):
+        with Image.open(png) as im:
+            assert im.format == "PNG" and im.size[0] > 100
+
+
+def test_latency_targets_read_the_report(tiny_report):
+    targets = {t["target"]: t for t in report.latency_targets(tiny_report)}
+    e2e = targets["ORT fp32 composed query, batch 1, vs PyTorch"]
+    ratio = tiny_report["ratios"]["ort-fp32"]["end_to_end"]["1"]
+    assert e2e["met"] == (ratio <= report.TARGET_E2E_RATIO) and f"{ratio:.2f}x" in e2e["measured"]
+
+
+def test_cli_latency_quick_run(tiny_bundle, tiny_lincir_ckpt, tiny_clip_weights, tmp_path):
+    result = runner.invoke(app, ["latency", "--bundle", str(tiny_bundle), "--checkpoint", str(tiny_lincir_ckpt),
+                                 "--weights", str(tiny_clip_weights), "--backends", "ort-int8", "--batch", "2",
+                                 "--gallery-size", "200", "--quick", "--threads", "1", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "latency.json").read_text())
+    assert list(data["backends"]) == ["torch", "ort-int8"] and data["threads"] == 1
+
+
+def test_cli_refuses_bad_options_with_what_to_do(tiny_bundle, tmp_path):
+    result = runner.invoke(app, ["latency", "--bundle", str(tiny_bundle), "--model", "ViT-B-32"])
+    assert result.exit_code != 0 and "exactly one of --bundle or --model" in result.output
+    result = runner.invoke(app, ["latency", "--bundle", str(tiny_bundle), "--batch", "1,x"])
+    assert result.exit_code != 0 and "comma-separated integers" in result.output
+    result = runner.invoke(app, ["latency", "--bundle", str(tmp_path)])
+    assert result.exit_code != 0 and "not a zscir bundle" in result.output
