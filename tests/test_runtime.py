@@ -212,3 +212,39 @@ def test_backend_device_and_precision_are_checked_up_front(tiny_bundle):
         Runtime(tiny_bundle, precision="int4")
     with pytest.raises(ValueError, match="batch_size"):
         Runtime(tiny_bundle, batch_size=0)
+
+
+def test_each_graph_at_each_precision_reproduces_its_golden_pytorch_outputs(tiny_bundle):
+    """Polygraphy-style: the backend alone on the export's per-graph inputs; fp32 to 1e-5, the reduced
+    precisions to the cosine the manifest promises."""
+    from zscir_infer.backends.ort import OrtSession
+    from zscir_infer.bundle import load_bundle
+
+    bundle = load_bundle(tiny_bundle)
+    golden_dir = tiny_bundle / "golden"
+    golden = json.loads((golden_dir / "golden.json").read_text())["graphs"]
+    checked = []
+    for (name, precision), spec in bundle.graphs.items():
+        feeds = {k: np.load(golden_dir / f) for k, f in golden[name]["inputs"].items()}
+        with OrtSession(bundle.verified(spec.file), disabled_optimizers=spec.ort_disabled_optimizers) as session:
+            outputs = session.infer(feeds)
+        for output, f in golden[name]["outputs"].items():
+            expected, got = np.load(golden_dir / f), outputs[output]
+            if precision == "fp32":
+                np.testing.assert_allclose(got, expected, rtol=0, atol=PARITY, err_msg=f"{name} {output}")
+            else:
+                promised = bundle.manifest["graphs"][name][precision]["validation"][output]["threshold_min_cosine"]
+                cosine = (normalize(got) * normalize(expected)).sum(-1)
+                assert cosine.min() >= promised, f"{name}.{precision}.{output}: cosine {cosine.min()} < {promised}"
+            checked.append((name, precision))
+    assert {p for _, p in checked} == {"fp32", "fp16", "int8"}
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_a_reduced_precision_runtime_stays_close_to_fp32(tiny_bundle, precision):
+    golden = read_golden(tiny_bundle)
+    queries = list(zip(golden["images"], golden["texts"], strict=True))
+    reduced, full = Runtime(tiny_bundle, precision=precision), Runtime(tiny_bundle)
+    for method in ("phi", "average"):
+        cosine = (reduced.encode_queries(queries, method) * full.encode_queries(queries, method)).sum(-1)
+        assert cosine.min() > 0.99, (method, cosine)

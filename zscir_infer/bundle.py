@@ -65,6 +65,8 @@ class GraphSpec:
     file: BundleFile
     inputs: tuple[dict, ...]  # {"name", "dtype", "shape"}; shapes use "batch" for the dynamic axis
     outputs: tuple[dict, ...]
+    external_data: tuple[BundleFile, ...] = ()  # weights beside a graph above 2 GiB
+    ort_disabled_optimizers: tuple[str, ...] = ()  # ONNX Runtime optimizers this graph must run without
 
 
 @dataclass(frozen=True)
@@ -136,9 +138,7 @@ class Bundle:
         self._lock = threading.Lock()
         self.tokenizer_file = self._file("tokenizer", manifest["tokenizer"])
         self.graphs = {
-            (name, precision): GraphSpec(
-                name, precision, self._file(f"graphs.{name}.{precision}", g), tuple(g["inputs"]), tuple(g["outputs"])
-            )
+            (name, precision): self._graph(name, precision, g)
             for name, variants in manifest["graphs"].items()
             for precision, g in variants.items()
         }
@@ -153,6 +153,13 @@ class Bundle:
                 raise BundleError(
                     f"Bundle file {f.path} (manifest {f.key}) is missing: the bundle is incomplete; {REMEDY}."
                 )
+
+    def _graph(self, name: str, precision: str, g: dict) -> GraphSpec:
+        key = f"graphs.{name}.{precision}"
+        external = tuple(self._file(f"{key}.external_data[{i}]", e) for i, e in enumerate(g.get("external_data", ())))
+        disabled = tuple(g.get("onnxruntime", {}).get("disabled_optimizers", ()))
+        return GraphSpec(name, precision, self._file(key, g), tuple(g["inputs"]), tuple(g["outputs"]), external,
+                         disabled)
 
     def _file(self, key: str, entry: dict) -> BundleFile:
         relative = PurePosixPath(entry["file"])
@@ -242,7 +249,8 @@ class Bundle:
 
     # --- files and their checksums ---------------------------------------------------------------------
     def files(self) -> list[BundleFile]:
-        return [self.tokenizer_file, *(g.file for g in self.graphs.values()), *(e.file for e in self.engines)]
+        graph_files = [f for g in self.graphs.values() for f in (g.file, *g.external_data)]
+        return [self.tokenizer_file, *graph_files, *(e.file for e in self.engines)]
 
     def verified(self, f: BundleFile) -> Path:
         """The file's path, once its sha256 matched the manifest (checked once per process and bundle)."""

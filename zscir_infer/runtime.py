@@ -160,8 +160,10 @@ class Runtime:
         if self.backend == "ort":
             from zscir_infer.backends.ort import OrtSession
 
+            for external in spec.external_data:
+                self.bundle.verified(external)
             return OrtSession(self.bundle.verified(spec.file), self.device, self.threads,
-                              cache_key=spec.file.sha256[:16])
+                              cache_key=spec.file.sha256[:16], disabled_optimizers=spec.ort_disabled_optimizers)
         from zscir_infer.backends import trt
 
         engines = self.bundle.engines_for(graph, self.precision)

@@ -51,10 +51,14 @@ def provider_list(kind: str, device_id: int, cache_key: str = "") -> list:
 
 
 class OrtSession:
-    """One ONNX graph on ONNX Runtime: `infer(feeds) -> outputs`, `providers_used()`, a context manager."""
+    """One ONNX graph on ONNX Runtime: `infer(feeds) -> outputs`, `providers_used()`, a context manager.
+
+    disabled_optimizers: graph optimizers to skip (the manifest's `onnxruntime.disabled_optimizers`:
+    ONNX Runtime 1.24-1.31 crashes building CPU sessions for fp16 graphs in its NchwcTransformer).
+    """
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int | None = None,
-                 cache_key: str = ""):
+                 cache_key: str = "", disabled_optimizers: tuple[str, ...] = ()):
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -73,7 +77,8 @@ class OrtSession:
         providers = provider_list(kind, device_id, cache_key)
         if kind == "tensorrt":
             Path(providers[0][1]["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
-        self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        self.session = ort.InferenceSession(str(self.path), options, providers=providers,
+                                            disabled_optimizers=list(disabled_optimizers))
         used = self.session.get_providers()
         if kind != "cpu" and GPU_PROVIDER[kind] not in used:
             raise BackendError(
