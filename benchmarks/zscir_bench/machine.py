@@ -31,6 +31,7 @@ BUSY_CPU_PERCENT = 10.0  # a process above this share of one core counts as "ano
 BUSY_SAMPLE_S = 1.0
 SHARED_LOAD_MARGIN = 0.5  # load average above (1 + margin) means someone besides the benchmark was running
 NVIDIA_SMI_TIMEOUT_S = 10
+COMMAND_WORDS, COMMAND_CHARS = 4, 80  # how much of a busy process's command line a report shows
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -83,6 +84,16 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def _command(pid: str, name: str) -> str:
+    """The program and its first arguments (file names only: no paths of this machine in a report)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return name
+    words = [Path(a.decode(errors="replace")).name for a in argv[:COMMAND_WORDS] if a]
+    return " ".join(words)[:COMMAND_CHARS] or name
+
+
 def _cpu_ticks(pid: str) -> tuple[str, int] | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -110,7 +121,7 @@ def busy_processes(interval_s: float = BUSY_SAMPLE_S) -> list[dict]:
             continue
         percent = 100.0 * (after[1] - ticks) / hz / interval_s
         if percent > BUSY_CPU_PERCENT:
-            busy.append({"pid": int(pid), "name": name, "cpu_percent": round(percent, 1)})
+            busy.append({"pid": int(pid), "name": _command(pid, name), "cpu_percent": round(percent, 1)})
     return sorted(busy, key=lambda p: -p["cpu_percent"])
 
 

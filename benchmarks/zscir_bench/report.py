@@ -23,12 +23,15 @@ TARGET_COLD_START_RATIO = 0.3
 ROOFLINE_BATCH = "32"
 
 
-def _f(x, digits: int = 2) -> str:
+def _f(x) -> str:
+    """Numbers for tables: 3 significant digits below 100 (so 0.0042 s stays readable), integers above."""
     if x is None:
         return "–"
-    if isinstance(x, float):
-        return f"{x:,.{digits}f}"
-    return f"{x:,}" if isinstance(x, int) else str(x)
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return str(x)
+    if isinstance(x, int) or abs(x) >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.3g}"
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
@@ -143,7 +146,7 @@ def _stage_tables(report: dict) -> list[str]:
                            + (f" ({ratio:.2f}x)" if ratio is not None else ""))
             rows.append(row)
         items = ["items/s (end_to_end)"] + [
-            _f((_stat(report, n, "end_to_end", batch) or {}).get("items_per_s"), 1) for n in names]
+            _f((_stat(report, n, "end_to_end", batch) or {}).get("items_per_s")) for n in names]
         lines += [f"## Batch {batch}: p50 / p95 / p99 ms per call (ratio of p50 to PyTorch)", "",
                   *_table(["stage", *names], [*rows, items])]
     return lines
