@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.fixtures.gallery import brute_force, clustered_unit_vectors
+from tests.fixtures.gallery import brute_force, clustered_unit_vectors, kill_when_stored
 from zscir_infer.gallery import (
     FEATURES,
     METADATA,
@@ -167,11 +167,13 @@ def test_index_file_is_extended_rebuilt_or_flagged_stale(tmp_path):
     first = g.meta["index"]["file"]
     assert g.index_is_fresh() and (tmp_path / "g" / first).is_file()
     more = clustered_unit_vectors(50, D_DIM, seed=5)
+    assert g.search(more[:1], 1)[1][0, 0] < 300  # loads (and caches) the index of 300 rows
     g.add(names_of(50, 300), paths_of(names_of(50, 300)), more)
     assert not g.index_is_fresh()  # the store moved on: searches rebuild in memory until build_index
     xq = clustered_unit_vectors(10, D_DIM, seed=6)
     I_true = brute_force(xq, np.concatenate([xb, more]), K)[1]
     np.testing.assert_array_equal(g.search(xq, K)[1], I_true)
+    assert g.search(more[:1], 1)[1][0, 0] == 300  # the cached index was dropped by add
     g.build_index()  # same factory: the old file extended with the 50 new rows
     info = g.meta["index"]
     assert info["count"] == 350 and info["file"] != first and not (tmp_path / "g" / first).exists()
@@ -219,17 +221,12 @@ for lo in range(0, len(todo), batch):
 g.build_index()
 g.close()
 """
-N_WRITTEN, WRITE_BATCH, KILLS = 4000, 16, 5
+N_WRITTEN, WRITE_BATCH, KILLS = 4000, 16, 4
 
 
-def _run_writer(root, kill_after: float | None = None) -> int:
+def _writer(root) -> subprocess.Popen:
     cmd = [sys.executable, "-c", WRITER, str(root), str(N_WRITTEN), str(WRITE_BATCH)]
-    proc = subprocess.Popen(cmd, cwd=os.getcwd(), stderr=subprocess.DEVNULL)
-    if kill_after is None:
-        return proc.wait()
-    time.sleep(kill_after)
-    proc.send_signal(signal.SIGKILL)
-    return proc.wait()
+    return subprocess.Popen(cmd, cwd=os.getcwd(), stderr=subprocess.DEVNULL)
 
 
 def _check_consistent(root, xb: np.ndarray) -> int:
@@ -244,18 +241,22 @@ def _check_consistent(root, xb: np.ndarray) -> int:
 
 def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_path):
     xb = clustered_unit_vectors(N_WRITTEN, 32, seed=7)
-    assert _run_writer(tmp_path / "clean") == 0
-    rng = np.random.default_rng(0)
     started = time.monotonic()
-    _run_writer(tmp_path / "probe")
+    assert _writer(tmp_path / "clean").wait() == 0
     full = time.monotonic() - started
+    rng = np.random.default_rng(0)
     counts = []
-    for _ in range(KILLS):
-        _run_writer(tmp_path / "killed", kill_after=float(rng.uniform(0.2, 0.8)) * full)
-        if (tmp_path / "killed" / METADATA).is_file():
-            counts.append(_check_consistent(tmp_path / "killed", xb))
-    assert _run_writer(tmp_path / "killed") == 0
+    for target in sorted(rng.integers(1, N_WRITTEN, KILLS)):  # mid-add, right after a batch's vectors
+        kill_when_stored(_writer(tmp_path / "killed"), tmp_path / "killed" / FEATURES, target, 32 * 4)
+        counts.append(_check_consistent(tmp_path / "killed", xb))
+    proc = _writer(tmp_path / "killed")  # anywhere: the rest of the adds, the index build, the end
+    time.sleep(float(rng.uniform(0.2, 0.9)) * full)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    counts.append(_check_consistent(tmp_path / "killed", xb))
+    assert _writer(tmp_path / "killed").wait() == 0
     print(f"committed rows after each SIGKILL: {counts} of {N_WRITTEN}")
+    assert any(0 < n < N_WRITTEN for n in counts)
     with Gallery.open(tmp_path / "clean") as clean, Gallery.open(tmp_path / "killed") as resumed:
         assert resumed.all_items() == clean.all_items()  # same ids, names, paths: nothing lost or doubled
         np.testing.assert_array_equal(resumed.features(), clean.features())

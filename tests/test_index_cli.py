@@ -3,10 +3,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.fixtures.eval_layouts import CIRR_NAMES, make_cirr
-from tests.fixtures.gallery import make_messy_folder, write_image
+from tests.fixtures.gallery import kill_when_stored, make_messy_folder, write_image
 from zscir_infer import Runtime
 from zscir_infer.cli import app
 from zscir_infer.gallery import FEATURES, Gallery
@@ -44,7 +42,7 @@ def runtime(tiny_bundle):
 
 @pytest.fixture
 def messy(tmp_path):
-    root = tmp_path / "photos dir"
+    root = tmp_path / "photos [2024] dir"  # brackets: rich markup must not eat them
     return root, make_messy_folder(root)
 
 
@@ -172,20 +170,6 @@ def _index_process(src: Path, bundle: Path, out: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=os.getcwd())
 
 
-def _kill_when_stored(
-    proc: subprocess.Popen, out: Path, rows: int, row_bytes: int, timeout: float = 60.0
-) -> None:
-    """SIGKILL once the features file holds `rows` rows (written, maybe not yet committed)."""
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None and time.monotonic() < deadline:
-        path = out / FEATURES
-        if path.exists() and path.stat().st_size >= rows * row_bytes:
-            break
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-
-
 def test_sigkill_at_random_points_then_rerun_equals_an_uninterrupted_run(tmp_path, tiny_bundle, runtime):
     src = tmp_path / "images"
     for i in range(N_IMAGES):
@@ -196,9 +180,8 @@ def test_sigkill_at_random_points_then_rerun_equals_an_uninterrupted_run(tmp_pat
     row_bytes = runtime.embed_dim * 4
     committed = []
     for target in sorted(rng.integers(1, N_IMAGES, KILLS)):
-        _kill_when_stored(
-            _index_process(src, tiny_bundle, tmp_path / "killed"), tmp_path / "killed", target, row_bytes
-        )
+        proc = _index_process(src, tiny_bundle, tmp_path / "killed")
+        kill_when_stored(proc, tmp_path / "killed" / FEATURES, target, row_bytes)
         with Gallery.open(tmp_path / "killed") as partial:
             committed.append(len(partial))
     print(f"images committed after each SIGKILL: {committed} of {N_IMAGES}")

@@ -287,6 +287,7 @@ class Gallery:
         with self._db:  # 2. the commit: rows appear in one transaction, or not at all
             self._db.executemany("INSERT INTO items (id, name, path) VALUES (?, ?, ?)", rows)
         self.count += len(rows)
+        self._index = None  # the next search sees the new rows
         return ids
 
     def _check_batch(self, names: Sequence[str], paths: Sequence, features: np.ndarray) -> None:

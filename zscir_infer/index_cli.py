@@ -18,6 +18,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -132,7 +133,7 @@ def index(
             _summary(gallery, added, present, bad)
     except KeyboardInterrupt:
         err_console.print(
-            f"[yellow]Interrupted.[/yellow] Every finished batch is kept in {out}: run the same command again "
+            f"[yellow]Interrupted.[/yellow] Every finished batch is kept in {escape(str(out))}: run the same command again "
             "to resume."
         )
         raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -149,7 +150,7 @@ def _set_index(gallery: Gallery, spec: str | None, params: dict[str, float], n_n
 
 
 def _fail(message: str) -> None:
-    err_console.print(f"[red]Error:[/red] {message}", highlight=False)
+    err_console.print(f"[red]Error:[/red] {escape(message)}")
     raise typer.Exit(EXIT_ERROR)
 
 
@@ -217,9 +218,9 @@ def _encode(gallery: Gallery, runtime: Runtime, todo, batch_size: int, workers: 
 def _summary(gallery: Gallery, added: int, present: int, bad: list[tuple[str, str]]) -> None:
     info = gallery.meta["index"]
     table = Table(show_header=False)
-    table.add_row("gallery", str(gallery.root))
+    table.add_row("gallery", Text(str(gallery.root)))
     table.add_row("images in the gallery", f"{gallery.count:,}")
-    table.add_row("index", f"{info['factory'] or 'none (empty)'} (spec {info['spec']})")
+    table.add_row("index", Text(f"{info['factory'] or 'none (empty)'} (spec {info['spec']})"))
     table.add_row("added", f"{added:,}")
     table.add_row("skipped, already present", f"{present:,}")
     table.add_row("skipped, bad files", f"{len(bad):,}")
