@@ -150,3 +150,12 @@ def test_cli_refuses_bad_options_with_what_to_do(tiny_bundle, tmp_path):
     assert result.exit_code != 0 and "comma-separated integers" in result.output
     result = runner.invoke(app, ["latency", "--bundle", str(tmp_path)])
     assert result.exit_code != 0 and "not a zscir bundle" in result.output
+
+
+def test_a_backend_that_fails_costs_only_its_own_figures(tmp_path):
+    """A worker that dies (here: no bundle) yields the reason, with its exit code and last error lines."""
+    request = {"backend": "ort-fp32", "bundle": str(tmp_path / "missing"), "batches": [1], "threads": 1,
+               "policy": {"warmup": 0, "min_reps": 1, "min_seconds": 0.0, "max_reps": 1}, "gallery_size": 10,
+               "stages": ["tokenize"], "images": str(tmp_path), "checkpoint": None, "weights": None}
+    result, why = lat._run_worker(request, tmp_path, lambda _msg: None)
+    assert result is None and "exit code 1" in why and "missing" in why

@@ -4,14 +4,19 @@ reference and the machine's matrix-multiply peak, all measured in one run.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import tempfile
+from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 from zscir_bench import machine, roofline, samples
-from zscir_bench.search_bench import clustered_vectors
-from zscir_bench.stages import STAGES, BackendSpec, RuntimeStages, TorchStages, parse_backend, run_stages
+from zscir_bench.stages import STAGES, parse_backend
 from zscir_bench.timing import Policy
+from zscir_infer.atomic import atomic_write_json
 from zscir_infer.bundle import load_bundle
 
 DEFAULT_BATCHES = (1, 8, 32, 128)
@@ -20,6 +25,7 @@ CPU_PRECISIONS = ("fp32", "fp16", "int8")
 REFERENCE = "torch"
 LATENCY_POLICY = Policy(warmup=2, min_reps=5, min_seconds=2.0, max_reps=200)
 ROOFLINE_STAGES = ("image_encode", "query_encode", "text_encode")
+ERROR_LINES = 5  # last stderr lines of a failed worker kept in the report
 
 
 def available_backends(bundle_dir: Path) -> tuple[list[str], dict[str, str]]:
@@ -58,10 +64,6 @@ def flops_of(reference) -> dict[str, int]:
             "query_encode": roofline.query_flops(arch, phi_dims)}
 
 
-def _stats_json(results: dict) -> dict:
-    return {stage: {str(b): s.to_dict() for b, s in per_batch.items()} for stage, per_batch in results.items()}
-
-
 def ratios_to_reference(backends: dict) -> dict:
     """{backend: {stage: {batch: p50 / reference p50}}} (below 1: faster than PyTorch)."""
     ref = backends.get(REFERENCE)
@@ -98,6 +100,24 @@ def rooflines(backends: dict, flops: dict[str, int], peaks: dict) -> dict:
     return out
 
 
+def _run_worker(request: dict, folder: Path, say: Callable[[str], None]) -> tuple[dict | None, str]:
+    """(results, "") from a worker process for one backend, or (None, why it failed)."""
+    name = request["backend"]
+    request_file, result_file = folder / f"{name}.request.json", folder / f"{name}.result.json"
+    atomic_write_json(request_file, request)
+    command = [sys.executable, "-m", "zscir_bench.latency_worker", str(request_file), str(result_file)]
+    tail: deque[str] = deque(maxlen=ERROR_LINES)
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as worker:
+        for line in worker.stderr:
+            tail.append(line.rstrip())
+            if line.startswith(f"{name}: "):
+                say(line.rstrip())
+    if worker.returncode != 0 or not result_file.is_file():
+        crash = f" (signal {-worker.returncode})" if worker.returncode < 0 else f" (exit code {worker.returncode})"
+        return None, f"the measurement failed{crash}: " + " | ".join(tail)
+    return json.loads(result_file.read_text()), ""
+
+
 def run_latency(
     bundle_dir: Path,
     backends: Sequence[str] | None = None,
@@ -112,55 +132,54 @@ def run_latency(
     peak_size: int = roofline.PEAK_GEMM_SIZE,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
-    """The latency results (JSON-ready) for one bundle; the PyTorch reference is always measured."""
-    from zscir_bench.reference_model import reference_for_bundle
+    """The latency results (JSON-ready) for one bundle; the PyTorch reference is always measured.
 
+    Every backend runs in its own worker process (`latency_worker`), one after the other.
+    """
     names, skipped = available_backends(bundle_dir)
     if backends is not None:
-        unknown = [b for b in backends if b not in names and b not in skipped]
-        for b in unknown:
+        for b in backends:
             parse_backend(b)  # raises for a malformed name
         names = [REFERENCE] + [b for b in backends if b in names and b != REFERENCE]
         skipped = {b: why for b, why in skipped.items() if b in backends}
     say = progress or (lambda _msg: None)
     say(f"matrix-multiply peak ({threads} threads)")
     peaks = roofline.measure_peaks(threads, n=peak_size)
-    reference, provenance = reference_for_bundle(bundle_dir, checkpoint, weights)
-    flops = flops_of(reference)
-    max_batch = max(batches)
-    xb, _ = clustered_vectors(gallery_size, reference.embed_dim)
-    texts = samples.modification_texts(max_batch)
-    measured = {}
+    measured, reference = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        paths = samples.write_jpegs(Path(tmp), max_batch)
+        folder = Path(tmp)
+        samples.write_jpegs(folder / "images", max(batches))
         for name in names:
-            spec = parse_backend(name)
-            adapter = (TorchStages(reference, xb, threads) if spec.backend == REFERENCE
-                       else RuntimeStages(bundle_dir, spec, xb, threads, max_batch))
-            results = run_stages(adapter, paths, texts, batches, policy, stages, say)
-            measured[name] = {"spec": _spec_json(spec), "providers": adapter.providers,
-                              "method": adapter.method, "stages": _stats_json(results)}
-            del adapter
+            request = {"backend": name, "bundle": str(bundle_dir), "batches": list(batches), "threads": threads,
+                       "policy": asdict(policy), "gallery_size": gallery_size, "stages": list(stages),
+                       "images": str(folder / "images"), "checkpoint": str(checkpoint) if checkpoint else None,
+                       "weights": weights}
+            result, why = _run_worker(request, folder, say)
+            if result is None:
+                if name == REFERENCE:
+                    raise RuntimeError(f"The PyTorch reference could not be measured: {why}")
+                skipped[name] = why
+                continue
+            if name == REFERENCE:
+                reference = {"provenance": result.pop("reference"), "flops": result.pop("flops")}
+            measured[name] = result
     return {
         "bundle": _bundle_json(load_bundle(bundle_dir, verify=False)),
-        "reference": provenance,
+        "reference": reference["provenance"],
         "threads": threads,
-        "policy": policy.__dict__,
+        "policy": asdict(policy),
         "batches": list(batches),
         "gallery_size": gallery_size,
         "inputs": {"images": f"{samples.PHOTO_SIZE[0]}x{samples.PHOTO_SIZE[1]} JPEG files (quality "
                              f"{samples.JPEG_QUALITY})", "texts": "short modification texts"},
+        "isolation": "each backend measured in a fresh process of its own, one after the other",
         "peaks": peaks,
-        "flops": flops,
+        "flops": reference["flops"],
         "backends": measured,
         "skipped_backends": skipped,
         "ratios": ratios_to_reference(measured),
-        "roofline": rooflines(measured, flops, peaks),
+        "roofline": rooflines(measured, reference["flops"], peaks),
     }
-
-
-def _spec_json(spec: BackendSpec) -> dict:
-    return {"backend": spec.backend, "device": spec.device, "precision": spec.precision}
 
 
 def _bundle_json(bundle) -> dict:
