@@ -1,12 +1,14 @@
 """`zscir-eval` through typer's CliRunner with the PyTorch reference (`--torch CKPT`, tiny backbone)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 from zscir_bench.eval_cli import app
 
+import zscir_train.backbone
 from zscir_train.checkpoint import meta_for, save_phi_checkpoint
 from zscir_train.phi import build_phi
 
@@ -99,3 +101,31 @@ def test_errors_say_what_to_change(ckpt, fashioniq_root, tmp_path, args, code, m
 def test_bundle_and_torch_are_exclusive(ckpt, cirr_root, tmp_path):
     result = invoke("cirr", "--root", cirr_root, "--torch", ckpt, "--bundle", tmp_path)
     assert result.exit_code == 2 and "exactly one" in result.output
+
+
+def test_gallery_cache_follows_the_architecture_not_its_name(tiny_backbone, cirr_root, tmp_path):
+    # the same weights under the same architecture name, but the JSON edited: another feature space
+    arch = json.loads((Path(zscir_train.backbone.MODEL_CONFIG_DIR) / "zscir-tiny.json").read_text())
+    arch_file, weights = tmp_path / "eval-arch.json", tmp_path / "weights.pt"
+    torch.save(tiny_backbone.model.state_dict(), weights)
+    args = (
+        "cirr",
+        "--root",
+        cirr_root,
+        "--backbone",
+        arch_file,
+        "--pretrained",
+        weights,
+        "--method",
+        "image",
+        "--out",
+        tmp_path / "out",
+    )
+    arch_file.write_text(json.dumps(arch))
+    assert invoke(*args).exit_code == 0
+    assert invoke(*args).exit_code == 0
+    assert len(list((tmp_path / "out" / "cache").glob("gallery-*"))) == 1
+    arch["vision_cfg"]["pool_type"] = "avg"  # same parameters, another network
+    arch_file.write_text(json.dumps(arch))
+    assert invoke(*args).exit_code == 0
+    assert len(list((tmp_path / "out" / "cache").glob("gallery-*"))) == 2

@@ -9,6 +9,8 @@ The commands parse and validate, build the encoder, and call `zscir_infer.eval`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -156,7 +158,10 @@ def torch_encoder(ckpt: Path | None, backbone_name: str | None, pretrained: str 
     if meta is not None:
         check_dims(meta, backbone, ckpt)
     weights = sha256_file(Path(pretrained)) if pretrained and Path(pretrained).is_file() else pretrained
-    image_space = f"torch:{name}:{weights or RANDOM_INIT}"
+    # the architecture and preprocessing as loaded, not just the name: a config edited under the same
+    # name loads the same weights into another network
+    tower = json.dumps({"arch": backbone.arch, "preprocess": backbone.preprocess.to_dict()}, sort_keys=True)
+    image_space = f"torch:{name}:{hashlib.sha256(tower.encode()).hexdigest()}:{weights or RANDOM_INIT}"
     phi_id = sha256_file(ckpt) if ckpt else "no-phi"
     return TorchReference(backbone, phi, meta), image_space, f"{image_space}:{phi_id}"
 
