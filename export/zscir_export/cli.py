@@ -103,7 +103,7 @@ def export(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar or table.")] = False,
 ) -> None:
     """Export, validate against PyTorch, and write a bundle atomically."""
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     out = out or Path(os.environ.get(BUNDLE_ENV) or DEFAULT_BUNDLE)
     try:
         engine_options = _engine_options(engine, trt_precision, trt_profile, timing_cache_dir)

@@ -116,11 +116,30 @@ class GraphSpec:
                 )
             single = len(list(scratch.iterdir())) == 1
             if single and traced.stat().st_size + EXTERNAL_DATA_MARGIN < PROTOBUF_LIMIT:
+                model = onnx.load(str(traced))
+                if self._declare_io_dims(model):
+                    onnx.save_model(model, str(traced))
                 traced.replace(path)
             else:  # above 2 GiB the exporter writes one file per tensor: gather the weights in one file
-                save_onnx(onnx.load(str(traced)), path)
+                model = onnx.load(str(traced))
+                self._declare_io_dims(model)
+                save_onnx(model, path)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+    def _declare_io_dims(self, model: onnx.ModelProto) -> bool:
+        """Give the inputs/outputs the spec's dims where the tracer left a symbol (F.normalize's D); changed?"""
+        declared = {t.name: t.shape for t in (*self.inputs, *self.outputs)}
+        changed = False
+        for value in (*model.graph.input, *model.graph.output):
+            for dim, want in zip(value.type.tensor_type.shape.dim, declared[value.name], strict=True):
+                if (dim.dim_param or dim.dim_value) != want:
+                    changed = True
+                    if isinstance(want, str):
+                        dim.dim_param = want
+                    else:
+                        dim.dim_value = want
+        return changed
 
 
 def graph_specs(backbone, phi: nn.Module | None = None, placeholder_id: int | None = None) -> list[GraphSpec]:
