@@ -11,11 +11,9 @@ from typer.testing import CliRunner
 from zscir_bench import latency as lat
 from zscir_bench import report, samples
 from zscir_bench.cli import app
-from zscir_bench.machine import recorded
 from zscir_bench.reference_model import reference_for_bundle
 from zscir_bench.search_bench import clustered_vectors
 from zscir_bench.stages import RuntimeStages, TorchStages, parse_backend, stage_calls
-from zscir_bench.timing import QUICK_POLICY
 
 runner = CliRunner()
 BATCHES = (1, 3)
@@ -35,10 +33,20 @@ def inputs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny_report(tiny_bundle, tiny_lincir_ckpt, tiny_clip_weights):
-    return recorded("latency", 2, lambda: lat.run_latency(
-        tiny_bundle, CPU_BACKENDS, BATCHES, threads=2, policy=QUICK_POLICY, gallery_size=GALLERY,
-        checkpoint=tiny_lincir_ckpt, weights=str(tiny_clip_weights), peak_size=128))
+def report_dir(tiny_bundle, tiny_lincir_ckpt, tiny_clip_weights, tmp_path_factory):
+    """One quick `zscir-bench latency` run on the tiny bundle, shared by the tests below."""
+    out = tmp_path_factory.mktemp("latency-report")
+    result = runner.invoke(app, [
+        "latency", "--bundle", str(tiny_bundle), "--checkpoint", str(tiny_lincir_ckpt), "--weights",
+        str(tiny_clip_weights), "--backends", ",".join(CPU_BACKENDS[1:]), "--batch", ",".join(map(str, BATCHES)),
+        "--gallery-size", str(GALLERY), "--quick", "--threads", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_report(report_dir):
+    return json.loads((report_dir / "latency.json").read_text())
 
 
 def test_backend_names_parse_and_bad_ones_say_what_exists():
@@ -95,7 +103,7 @@ def test_the_report_holds_every_backend_stage_and_batch(tiny_report):
             assert sorted(int(x) for x in per_batch) == list(BATCHES)
             for s in per_batch.values():
                 assert s["p50_ms"] <= s["p95_ms"] <= s["p99_ms"] and s["n"] >= 2
-    assert tiny_report["reference"]["same_numbers_as_bundle"]
+    assert tiny_report["reference"]["same_numbers_as_bundle"] and tiny_report["threads"] == 2
     assert tiny_report["peaks"]["fp32_peak_gflops"] > 0
     assert {g["name"] for g in tiny_report["peaks"]["gemms"]} == {
         "numpy-openblas", "ort-matmul-fp32", "ort-matmulinteger-int8"}
@@ -115,15 +123,23 @@ def test_ratios_and_rooflines_are_what_the_measurements_say(tiny_report):
     assert "percent_of_int8_peak" in tiny_report["roofline"]["ort-int8"]["image_encode"]["1"]
 
 
-def test_the_report_is_written_as_json_markdown_and_pngs(tiny_report, tmp_path):
-    paths = report.write_report(tiny_report, tmp_path)
-    assert json.loads((tmp_path / "latency.json").read_text())["kind"] == "latency"
-    md = (tmp_path / "latency.md").read_text()
-    for section in ("## Machine", "## Matrix-multiply peak", "## Batch 1", "## Roofline", "## Targets"):
+def test_static_int8_is_calibrated_and_stays_close_to_fp32(tiny_report):
+    static = tiny_report["int8_static"]
+    assert set(static["timings"]) == {"ort-fp32", "ort-int8-static", "ort-int8-dynamic"}
+    assert all(sorted(int(b) for b in t) == list(BATCHES) for t in static["timings"].values())
+    assert static["min_cosine_to_fp32"]["ort-int8-static"] > 0.99
+    assert static["min_cosine_to_fp32"]["ort-int8-dynamic"] > 0.99
+
+
+def test_the_report_is_written_as_json_markdown_and_pngs(report_dir):
+    assert json.loads((report_dir / "latency.json").read_text())["kind"] == "latency"
+    md = (report_dir / "latency.md").read_text()
+    for section in ("## Machine", "## Matrix-multiply peak", "## Batch 1", "## Roofline", "## Targets",
+                    "## Image encoder: static vs dynamic int8"):
         assert section in md
     assert "load at start" in md and "load at end" in md
-    for png in (p for p in paths if p.suffix == ".png"):
-        with Image.open(png) as im:
+    for png in ("latency_vs_batch.png", "stage_breakdown.png"):
+        with Image.open(report_dir / png) as im:
             assert im.format == "PNG" and im.size[0] > 100
 
 
@@ -132,15 +148,6 @@ def test_latency_targets_read_the_report(tiny_report):
     e2e = targets["ORT fp32 composed query, batch 1, vs PyTorch"]
     ratio = tiny_report["ratios"]["ort-fp32"]["end_to_end"]["1"]
     assert e2e["met"] == (ratio <= report.TARGET_E2E_RATIO) and f"{ratio:.2f}x" in e2e["measured"]
-
-
-def test_cli_latency_quick_run(tiny_bundle, tiny_lincir_ckpt, tiny_clip_weights, tmp_path):
-    result = runner.invoke(app, ["latency", "--bundle", str(tiny_bundle), "--checkpoint", str(tiny_lincir_ckpt),
-                                 "--weights", str(tiny_clip_weights), "--backends", "ort-int8", "--batch", "2",
-                                 "--gallery-size", "200", "--quick", "--threads", "1", "--out", str(tmp_path)])
-    assert result.exit_code == 0, result.output
-    data = json.loads((tmp_path / "latency.json").read_text())
-    assert list(data["backends"]) == ["torch", "ort-int8"] and data["threads"] == 1
 
 
 def test_cli_refuses_bad_options_with_what_to_do(tiny_bundle, tmp_path):

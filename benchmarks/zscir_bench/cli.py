@@ -104,6 +104,8 @@ def latency(
         "trt-fp16. Default: all this machine and bundle can run. torch is always measured.")] = None,
     batch: Annotated[str, typer.Option("--batch", help="Comma-separated batch sizes.")] = "1,8,32,128",
     gallery_size: Annotated[int, typer.Option("--gallery-size", min=1, help="Vectors searched per query.")] = 10_000,
+    int8_static: Annotated[bool, typer.Option(
+        help="Also build a statically quantized image encoder and time it beside fp32 and dynamic int8.")] = True,
     threads: ThreadsOpt = None,
     out: OutOpt = None,
     quick: QuickOpt = False,
@@ -121,7 +123,7 @@ def latency(
     try:
         report = recorded("latency", n, lambda: lat.run_latency(
             bundle, names, batches, threads=n, policy=policy, gallery_size=gallery_size, checkpoint=checkpoint,
-            weights=weights, progress=lambda msg: console.log(msg)))
+            weights=weights, int8_static=int8_static, progress=lambda msg: console.log(msg)))
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
@@ -239,6 +241,25 @@ def accuracy(
         world, checkpoint or [], backbone, weights, work / "accuracy", backends=str_list(backends), threads=n,
         progress=lambda msg: console.log(msg)))
     _write(report, out or RESULTS / "accuracy")
+
+
+@app.command("all")
+def run_all(
+    model: Annotated[str, typer.Option("--model", help="The architecture measured (random weights).")] = "ViT-B-32",
+    world: Annotated[Path | None, typer.Option(
+        "--world", exists=True, file_okay=False, help="With a shapes world: the accuracy report too.")] = None,
+    checkpoint: Annotated[list[Path] | None, typer.Option(
+        "--checkpoint", exists=True, dir_okay=False, help="World phi checkpoints for the accuracy report.")] = None,
+    work: WorkOpt = DEFAULT_WORK,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Every report into results/bench/, one benchmark after the other (what the README shows)."""
+    latency(model=model, work=work, threads=threads)
+    search_bench(threads=threads)
+    cold_start(model=model, work=work, threads=threads)
+    train_cost(threads=threads)
+    if world is not None:
+        accuracy(world=world, checkpoint=checkpoint, work=work, threads=threads)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ DEFAULT_BATCHES = (1, 8, 32, 128)
 DEFAULT_GALLERY = 10_000  # gallery vectors searched by the search and end-to-end stages
 CPU_PRECISIONS = ("fp32", "fp16", "int8")
 REFERENCE = "torch"
-LATENCY_POLICY = Policy(warmup=2, min_reps=5, min_seconds=2.0, max_reps=200)
+LATENCY_POLICY = Policy(warmup=1, min_reps=5, min_seconds=2.0, max_reps=200)
 ROOFLINE_STAGES = ("image_encode", "query_encode", "text_encode")
 ERROR_LINES = 5  # last stderr lines of a failed worker kept in the report
 
@@ -130,6 +130,7 @@ def run_latency(
     weights: str | None = None,
     stages: Sequence[str] = STAGES,
     peak_size: int = roofline.PEAK_GEMM_SIZE,
+    int8_static: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """The latency results (JSON-ready) for one bundle; the PyTorch reference is always measured.
@@ -163,6 +164,12 @@ def run_latency(
             if name == REFERENCE:
                 reference = {"provenance": result.pop("reference"), "flops": result.pop("flops")}
             measured[name] = result
+    static = None
+    if int8_static:
+        from zscir_bench.static_int8 import compare_int8
+
+        say("image encoder: static vs dynamic int8")
+        static = compare_int8(bundle_dir, batches, threads, policy)
     return {
         "bundle": _bundle_json(load_bundle(bundle_dir, verify=False)),
         "reference": reference["provenance"],
@@ -179,6 +186,7 @@ def run_latency(
         "skipped_backends": skipped,
         "ratios": ratios_to_reference(measured),
         "roofline": rooflines(measured, reference["flops"], peaks),
+        "int8_static": static,
     }
 
 

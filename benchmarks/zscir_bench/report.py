@@ -124,6 +124,7 @@ def latency_md(report: dict) -> str:
     ]
     lines += _stage_tables(report)
     lines += _roofline_table(report)
+    lines += _int8_static_table(report)
     if report["skipped_backends"]:
         lines += ["## Backends not run", "",
                   *_table(["backend", "why"], [[k, v] for k, v in report["skipped_backends"].items()])]
@@ -164,6 +165,17 @@ def _roofline_table(report: dict) -> list[str]:
             f"FLOPs per item from the open_clip config: image {report['flops']['image_encode'] / 1e9:.4g} GFLOP, query "
             f"{report['flops']['query_encode'] / 1e9:.4g} GFLOP, text {report['flops']['text_encode'] / 1e9:.4g} GFLOP.",
             "", *_table(["backend", "stage", "GFLOP/item", "achieved GFLOP/s", "% of fp32 peak", "% of int8 peak"], rows)]
+
+
+def _int8_static_table(report: dict) -> list[str]:
+    static = report.get("int8_static")
+    if not static:
+        return []
+    rows = [[name, batch, s["p50_ms"], s["items_per_s"], static["min_cosine_to_fp32"].get(name)]
+            for name, per_batch in static["timings"].items() for batch, s in per_batch.items()]
+    return ["## Image encoder: static vs dynamic int8", "",
+            f"Static: {static['calibration']}. Each graph on ONNX Runtime alone (no pipeline around it).", "",
+            *_table(["graph", "batch", "p50 ms", "images/s", "min cosine to fp32"], rows)]
 
 
 # --- search ------------------------------------------------------------------------------------------------
