@@ -129,3 +129,39 @@ def test_gallery_cache_follows_the_architecture_not_its_name(tiny_backbone, cirr
     arch_file.write_text(json.dumps(arch))
     assert invoke(*args).exit_code == 0
     assert len(list((tmp_path / "out" / "cache").glob("gallery-*"))) == 2
+
+
+@pytest.mark.parametrize("method", ["phi", "slerp"])  # the query graph; the text graph (baselines use both)
+def test_bundle_and_torch_reference_rank_alike(tiny_bundle, tiny_lincir_ckpt, tmp_path, method):
+    # export parity on a benchmark: the fp32 bundle and the PyTorch checkpoint it came from give the
+    # same full rankings (CIRR test1 submission) and the same CIRCO metrics
+    from tests.fixtures.eval_layouts import make_circo, make_cirr
+
+    cirr_test, circo = make_cirr(tmp_path / "cirr", split="test"), make_circo(tmp_path / "circo")
+    for name, encoder in (("bundle", ("--bundle", tiny_bundle)), ("torch", ("--torch", tiny_lincir_ckpt))):
+        out = tmp_path / name
+        for args in (("cirr", "--root", cirr_test, "--split", "test"), ("circo", "--root", circo)):
+            result = invoke(*args, *encoder, "--method", method, "--out", out)
+            assert result.exit_code == 0, result.output
+    for file in (f"cirr-test1-{method}-recall.json", f"cirr-test1-{method}-recall_subset.json"):
+        assert (tmp_path / "bundle" / file).read_text() == (tmp_path / "torch" / file).read_text()
+    bundle, torch_ = (
+        json.loads((tmp_path / n / f"circo-val-{method}.json").read_text()) for n in ("bundle", "torch")
+    )
+    assert bundle["metrics"] == pytest.approx(torch_["metrics"])
+    assert bundle["encoder"].startswith("bundle:") and torch_["encoder"].startswith("torch:")
+
+
+def test_pic2word_bundle_gets_the_pic2word_prompt(
+    tiny_pic2word_bundle, tiny_pic2word_pt, tiny_clip_weights, cirr_root, tmp_path
+):
+    runs = {
+        "bundle": ("--bundle", tiny_pic2word_bundle),
+        "torch": ("--torch", tiny_pic2word_pt, "--backbone", "zscir-tiny", "--pretrained", tiny_clip_weights),
+    }
+    for name, encoder in runs.items():
+        result = invoke("cirr", "--root", cirr_root, *encoder, "--out", tmp_path / name)
+        assert result.exit_code == 0, result.output
+    bundle, torch_ = (json.loads((tmp_path / n / "cirr-val-phi.json").read_text()) for n in runs)
+    assert bundle["template"] == torch_["template"] == "a photo of {placeholder} , {caption}"
+    assert bundle["metrics"] == pytest.approx(torch_["metrics"])
