@@ -131,11 +131,20 @@ def test_static_int8_is_calibrated_and_stays_close_to_fp32(tiny_report):
     assert static["min_cosine_to_fp32"]["ort-int8-dynamic"] > 0.99
 
 
+def test_the_operator_profile_covers_the_encoders_at_the_largest_batch(tiny_report):
+    profile = tiny_report["op_profile"]
+    assert profile["batch"] == max(BATCHES)
+    assert set(profile["graphs"]) == {"image_encoder/fp32", "image_encoder/int8", "query_encoder/fp32",
+                                      "query_encoder/int8"}
+    for p in profile["graphs"].values():
+        assert sum(v["share"] for v in p["ops"].values()) == pytest.approx(1.0) and 0 < p["gemm_share"] <= 1
+
+
 def test_the_report_is_written_as_json_markdown_and_pngs(report_dir):
     assert json.loads((report_dir / "latency.json").read_text())["kind"] == "latency"
     md = (report_dir / "latency.md").read_text()
     for section in ("## Machine", "## Matrix-multiply peak", "## Batch 1", "## Roofline", "## Targets",
-                    "## Image encoder: static vs dynamic int8"):
+                    "## Image encoder: static vs dynamic int8", "## Where the time goes inside the encoders"):
         assert section in md
     assert "load at start" in md and "load at end" in md
     for png in ("latency_vs_batch.png", "stage_breakdown.png"):

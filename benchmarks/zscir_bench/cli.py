@@ -27,7 +27,7 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 RESULTS = Path("results/bench")
-DEFAULT_WORK = Path("zscir-out/bench-work")
+DEFAULT_WORK = Path("runs/bench-work")  # ignored by git: exported bundles, weights, worlds
 
 BundleOpt = Annotated[Path | None, typer.Option(
     "--bundle", exists=True, file_okay=False, help="A zscir bundle (directory with manifest.json).")]

@@ -25,6 +25,7 @@ CPU_PRECISIONS = ("fp32", "fp16", "int8")
 REFERENCE = "torch"
 LATENCY_POLICY = Policy(warmup=1, min_reps=5, min_seconds=2.0, max_reps=200)
 ROOFLINE_STAGES = ("image_encode", "query_encode", "text_encode")
+PROFILE_BATCH = 32  # where the operator profile is taken (the roofline's batch)
 ERROR_LINES = 5  # last stderr lines of a failed worker kept in the report
 
 
@@ -170,6 +171,11 @@ def run_latency(
 
         say("image encoder: static vs dynamic int8")
         static = compare_int8(bundle_dir, batches, threads, policy)
+    from zscir_bench.op_profile import profile_bundle
+
+    profile_batch = PROFILE_BATCH if PROFILE_BATCH in batches else max(batches)
+    say(f"operator profile at batch {profile_batch}")
+    profile = profile_bundle(bundle_dir, profile_batch, threads)
     return {
         "bundle": _bundle_json(load_bundle(bundle_dir, verify=False)),
         "reference": reference["provenance"],
@@ -187,6 +193,7 @@ def run_latency(
         "ratios": ratios_to_reference(measured),
         "roofline": rooflines(measured, reference["flops"], peaks),
         "int8_static": static,
+        "op_profile": profile,
     }
 
 

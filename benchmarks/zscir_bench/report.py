@@ -21,6 +21,7 @@ TARGET_INT8_R10_POINTS = 1.0  # ... with <= 1 point R@10 change on the world
 TARGET_SEARCH_MS, TARGET_SEARCH_RECALL, TARGET_SEARCH_N = 1.0, 0.95, 1_000_000
 TARGET_COLD_START_RATIO = 0.3
 ROOFLINE_BATCH = "32"
+OP_PROFILE_TOP = 6
 
 
 def _f(x) -> str:
@@ -125,6 +126,7 @@ def latency_md(report: dict) -> str:
     lines += _stage_tables(report)
     lines += _roofline_table(report)
     lines += _int8_static_table(report)
+    lines += _op_profile_table(report)
     if report["skipped_backends"]:
         lines += ["## Backends not run", "",
                   *_table(["backend", "why"], [[k, v] for k, v in report["skipped_backends"].items()])]
@@ -176,6 +178,20 @@ def _int8_static_table(report: dict) -> list[str]:
     return ["## Image encoder: static vs dynamic int8", "",
             f"Static: {static['calibration']}. Each graph on ONNX Runtime alone (no pipeline around it).", "",
             *_table(["graph", "batch", "p50 ms", "images/s", "min cosine to fp32"], rows)]
+
+
+def _op_profile_table(report: dict) -> list[str]:
+    profile = report.get("op_profile")
+    if not profile:
+        return []
+    rows = []
+    for graph, p in profile["graphs"].items():
+        top = ", ".join(f"{op} {100 * v['share']:.0f}%" for op, v in list(p["ops"].items())[:OP_PROFILE_TOP])
+        rows.append([graph, p["kernel_ms_per_run"], f"{100 * p['gemm_share']:.0f}%", top])
+    return [f"## Where the time goes inside the encoders (ONNX Runtime profiler, batch {profile['batch']})", "",
+            "Kernel time per run summed by operator type (first run left out); GEMM share = MatMul/Gemm/Conv "
+            "and their quantized forms, the only part that can run near the matmul peak.", "",
+            *_table(["graph", "kernel ms per run", "GEMM share", "largest operator types"], rows)]
 
 
 # --- search ------------------------------------------------------------------------------------------------
