@@ -71,7 +71,8 @@ def test_a_tiny_run_reports_every_index_with_its_sweep(tiny_report):
         assert r["bytes_per_vector"] == pytest.approx(r["memory_bytes"] / r["n"])
         for point in r["sweep"]:
             assert 0.0 <= point["recall_at_10"] <= 1.0
-            assert point["batch1"]["n"] >= 1 and point["qps_batch256"] > 0
+            assert set(point["batch1"]) == {"1"} and point["p50_threads"] == 1 and point["qps_batch256"] > 0
+            assert point["p50_ms"] == point["batch1"]["1"]["p50_ms"]
     flat = results[0]
     assert flat["sweep"][0]["recall_at_10"] == pytest.approx(1.0)
     assert flat["bytes_per_vector"] >= 32 * 4  # the raw float32 vectors

@@ -218,7 +218,9 @@ def search_md(report: dict) -> str:
         f"Created {report['created']} by `{report['command']}`.", "",
         f"Vectors: {v['kind']} (~{v['vectors_per_cluster']} per cluster, spread {v['spread']}, spectrum decay "
         f"{v['spectrum_decay']}, seed {v['seed']}); {report['n_queries']} queries from the same distribution; "
-        f"recall@{report['k']} against exact search. Indexes built by `zscir_infer.search.build_index`.", "",
+        f"recall@{report['k']} against exact search. Indexes built by `zscir_infer.search.build_index`. "
+        f"Batch 1 is timed on 1 and on {report['threads']} threads (the better is shown; both are in the JSON), "
+        f"batch 256 on {report['threads']} threads.", "",
         *machine_md(report),
     ]
     for n in report["sizes"]:
@@ -226,10 +228,11 @@ def search_md(report: dict) -> str:
         for r in (r for r in report["results"] if r["n"] == n):
             for p in r["sweep"]:
                 rows.append([r["index"], f"{p['param']}={p['value']}" if p["param"] else "exact", r["build_s"],
-                             r["memory_bytes"] / 2**20, p["p50_ms"], p["qps_batch256"], p["recall_at_10"]])
+                             r["memory_bytes"] / 2**20, p["p50_ms"], p["p50_threads"], p["qps_batch256"],
+                             p["recall_at_10"]])
         lines += [f"## {n:,} vectors", "",
                   *_table(["index", "search parameter", "build s", "memory MiB", "p50 ms (batch 1)",
-                           "queries/s (batch 256)", "recall@10"], rows)]
+                           "threads (batch 1)", "queries/s (batch 256)", "recall@10"], rows)]
     lines += targets_md(search_targets(report))
     lines += ["## Plot", "", "![recall vs latency](recall_vs_latency.png)", ""]
     return "\n".join(lines)
