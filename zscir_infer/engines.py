@@ -217,9 +217,10 @@ def _parse_onnx(trt, network, logger, onnx_path: Path) -> None:
 
 def _pin_fp32_layers(trt, network, layer_types: tuple[str, ...]) -> None:
     pinned = {getattr(trt.LayerType, name) for name in layer_types}
+    floats = {trt.float32, trt.float16}
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        if layer.type in pinned:
+        if layer.type in pinned and layer.get_output(0).dtype in floats:  # not integer (shape) reductions
             layer.precision = trt.float32
             for j in range(layer.num_outputs):
                 layer.set_output_type(j, trt.float32)
