@@ -13,6 +13,7 @@ from zscir_infer.engines import (
     DEFAULT_PROFILES,
     EngineError,
     Profile,
+    add_engines_to_bundle,
     cache_key,
     check_profiles,
     engine_entry,
@@ -29,6 +30,7 @@ from zscir_infer.engines import (
 INPUTS = [{"name": "image_features", "dtype": "float32", "shape": ["batch", 48]},
           {"name": "token_ids", "dtype": "int32", "shape": ["batch", 77]}]
 SHA = "a" * 64
+REASON = tensorrt_unavailable_reason()
 
 
 def test_default_profiles_are_a_latency_and_a_throughput_profile():
@@ -130,6 +132,15 @@ def test_timing_caches_are_per_tensorrt_version_and_gpu(tmp_path):
     assert a != timing_cache_path("10.13.3", "9.0", tmp_path) != timing_cache_path("11.0.0", "8.9", tmp_path)
 
 
+def test_a_deployment_machine_without_tensorrt_is_told_why(tiny_bundle):
+    if REASON is None:
+        pytest.skip("TensorRT and a GPU are present")
+    before = (tiny_bundle / "manifest.json").read_bytes()
+    with pytest.raises(EngineError, match="tensorrt"):
+        add_engines_to_bundle(tiny_bundle)
+    assert (tiny_bundle / "manifest.json").read_bytes() == before
+
+
 def test_the_engine_logic_imports_without_torch():
     code = ("import sys; sys.modules['torch'] = None; sys.modules['open_clip'] = None; "
             "import zscir_infer.engines as e; print(e.plan_build('11.0.0', 'fp16').onnx_precision)")
@@ -137,22 +148,20 @@ def test_the_engine_logic_imports_without_torch():
     assert out.stdout.strip() == "fp16"
 
 
-REASON = tensorrt_unavailable_reason()
-
-
 @pytest.mark.trt
 @pytest.mark.skipif(REASON is not None, reason=f"TensorRT engine build skipped: {REASON}")
-def test_an_engine_built_here_reproduces_the_golden_outputs(tiny_bundle, tmp_path):
+def test_an_engine_built_here_reproduces_the_golden_outputs(tiny_bundle, tmp_path, monkeypatch):
     import shutil
 
     from zscir_infer.backends.trt import TrtEngine
-    from zscir_infer.engines import build_bundle_engines
 
+    monkeypatch.setenv("ZSCIR_CACHE_DIR", str(tmp_path / "cache"))  # a fresh engine cache: really build
     bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    entries = build_bundle_engines(bundle, manifest, ("fp32", "fp16"), timing_cache_dir=tmp_path, reuse=False)
-    updated = write_engines_to_manifest(bundle, entries)
+    updated = add_engines_to_bundle(bundle, ("fp32", "fp16"), timing_cache_dir=tmp_path)
     check_manifest(updated)
+    entries = updated["engines"]
+    assert {(e["graph"], e["precision"]) for e in entries} == {
+        (g, p) for g in ("image_encoder", "query_encoder", "text_encoder") for p in ("fp32", "fp16")}
     golden = json.loads((bundle / "golden" / "golden.json").read_text())["graphs"]["query_encoder"]
     feeds = {n: np.load(bundle / "golden" / f) for n, f in golden["inputs"].items()}
     want = np.load(bundle / "golden" / golden["outputs"]["query_features"])
@@ -161,4 +170,4 @@ def test_an_engine_built_here_reproduces_the_golden_outputs(tiny_bundle, tmp_pat
             got = engine.infer(feeds)["query_features"]
         cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
         assert cos.min() >= (0.99999 if entry["precision"] == "fp32" else 0.999), entry["precision"]
-    assert (tmp_path / next(tmp_path.glob("timing-*.cache")).name).stat().st_size > 0
+    assert next(tmp_path.glob("timing-*.cache")).stat().st_size > 0

@@ -313,3 +313,14 @@ def write_engines_to_manifest(bundle_dir: Path, entries: list[dict]) -> dict:
     with atomic_path(manifest_path) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
+
+
+def add_engines_to_bundle(bundle_dir: str | os.PathLike, precisions: tuple[str, ...] = ("fp16",),
+                          profiles: tuple[Profile, ...] = DEFAULT_PROFILES, graphs: tuple[str, ...] | None = None,
+                          timing_cache_dir: Path | None = None) -> dict:
+    """On a deployment machine: build this GPU's engines from an existing bundle and record them in its
+    manifest (engines of other GPUs or TensorRT versions stay listed). Returns the new manifest."""
+    bundle_dir = Path(bundle_dir)
+    manifest = json.loads((bundle_dir / "manifest.json").read_text(encoding="utf-8"))
+    entries = build_bundle_engines(bundle_dir, manifest, precisions, profiles, graphs, timing_cache_dir)
+    return write_engines_to_manifest(bundle_dir, entries)
