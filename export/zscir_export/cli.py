@@ -117,6 +117,9 @@ def export(
         if out.exists() and not force:
             raise FileExistsError(f"{out} already exists: pass --force to replace it, or choose another --out.")
         source = resolve_source(ckpt, model, pretrained, method)
+        if source.backbone.pretrained is None:
+            console.print(f"[yellow]warning:[/yellow] {escape(source.backbone.name)} has no pretrained weights: the "
+                          "bundle gets a fresh random draw of them (fine for tests and timing, not for retrieval).")
         options = ExportOptions(out, fp16=fp16, int8=int8, force=force, alpha=alpha, engine=engine_options,
                                 show_progress=not quiet)
         result = export_bundle(source, options)
