@@ -65,7 +65,7 @@ def test_incompatible_engines_are_refused_naming_both_sides(tmp_path):
     assert normalize_compute_capability("sm_89") == normalize_compute_capability("8.9") == "8.9"
     assert normalize_compute_capability("90") == "9.0" and normalize_compute_capability("12.0") == "12.0"
     check_compatible(engine, "10.9.0", "8.9", "10.9.0", "8.9")
-    with pytest.raises(BackendError, match=r"TensorRT 10\.9\.0 \(this machine has 11\.0\.0\).*zscir-export engines"):
+    with pytest.raises(BackendError, match=r"TensorRT 10\.9\.0 \(this machine has 11\.0\.0\).*zscir-infer engines"):
         check_compatible(engine, "10.9.0", "8.9", "11.0.0", "8.9")
     with pytest.raises(BackendError, match=r"compute capability sm_90 \(this GPU is 8\.0\)"):
         check_compatible(engine, "10.9.0", "sm_90", "10.9.0", "8.0")
@@ -142,3 +142,15 @@ def test_a_native_engine_matches_onnxruntime_across_profiles(tiny_bundle, tmp_pa
         for n in (1, 5, 11):
             got = engine.infer({"token_ids": ids[:n]})["text_features"]
             np.testing.assert_allclose(got, cpu.text_features(texts[:n]), atol=GPU_TOL)
+
+
+@pytest.mark.skipif(HAS_TRT, reason="checks the message for machines without tensorrt")
+def test_engines_command_without_tensorrt_says_what_to_install(tiny_bundle):
+    from typer.testing import CliRunner
+
+    from zscir_infer.cli import app
+
+    result = CliRunner().invoke(app, ["engines", str(tiny_bundle)])
+    assert result.exit_code == 1 and "zscir[gpu]" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["engines", str(tiny_bundle), "--profile", "fast"])
+    assert result.exit_code == 1 and "is not NAME:MIN,OPT,MAX" in result.output  # checked before any build

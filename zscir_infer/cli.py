@@ -211,6 +211,30 @@ def summary_lines(summary: dict, runner: str) -> list[str]:
     return lines
 
 
+@app.command("engines")
+def engines(
+    bundle: Annotated[Path, typer.Argument(envvar="ZSCIR_BUNDLE", help="The bundle directory.")] = DEFAULT_BUNDLE,
+    precision: Annotated[list[str], typer.Option(
+        "--precision", help="Engine precision(s): fp16, fp32 (repeat the option for both).")] = ["fp16"],  # noqa: B006
+    profile: Annotated[list[str] | None, typer.Option(
+        "--profile", help="Batch profile NAME:MIN,OPT,MAX, repeatable (default latency:1,1,8 and "
+        "throughput:1,32,128).", show_default=False)] = None,
+) -> None:
+    """Build TensorRT engines for this machine's GPU from a bundle's ONNX graphs and record them in it."""
+    from zscir_infer.engines import DEFAULT_PROFILES, EngineError, add_engines_to_bundle, parse_profile
+
+    check_bundle_dir(bundle)
+    try:
+        load_bundle(bundle).verify_all()
+        profiles = tuple(parse_profile(p) for p in profile) if profile else DEFAULT_PROFILES
+        manifest = add_engines_to_bundle(bundle, tuple(precision), profiles)
+    except (*RUNTIME_ERRORS, EngineError) as exc:
+        fail(str(exc))
+    for e in manifest["engines"]:
+        typer.echo(f"engine {e['graph']} {e['precision']}: {e['file']} (TensorRT {e['tensorrt_version']}, "
+                   f"compute capability {e['compute_capability']})")
+
+
 register_index(app)
 
 if __name__ == "__main__":

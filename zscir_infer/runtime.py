@@ -146,7 +146,8 @@ class Runtime:
         elif not self.bundle.engines_for(IMAGE_ENCODER, self.precision):
             built = sorted({(e.graph, e.precision) for e in self.bundle.engines})
             raise BackendError(f"Bundle {self.bundle.path} has no {self.precision} TensorRT engines (it has "
-                               f"{built or 'none'}): build them with `zscir-export engines`, or use --backend ort.")
+                               f"{built or 'none'}): build them on this machine with `zscir-infer engines {self.bundle.path} "
+                               f"--precision {self.precision}`, or use --backend ort.")
 
     # --- graph sessions ----------------------------------------------------------------------------------
     def _session(self, graph: str):
@@ -156,10 +157,10 @@ class Runtime:
             return self._sessions[graph]
 
     def _open(self, graph: str):
-        spec = self.bundle.graph(graph, self.precision)
         if self.backend == "ort":
             from zscir_infer.backends.ort import OrtSession
 
+            spec = self.bundle.graph(graph, self.precision)
             for external in spec.external_data:
                 self.bundle.verified(external)
             return OrtSession(self.bundle.verified(spec.file), self.device, self.threads,
@@ -169,7 +170,7 @@ class Runtime:
         engines = self.bundle.engines_for(graph, self.precision)
         if not engines:
             raise BackendError(f"Bundle {self.bundle.path} has no {self.precision} TensorRT engine for {graph}: "
-                               "build engines with `zscir-export engines`, or use --backend ort.")
+                               f"build them on this machine with `zscir-infer engines {self.bundle.path}`, or use --backend ort.")
         local_trt, local_cc = trt.tensorrt_version(), trt.device_compute_capability(self.device_id)
         cc = trt.normalize_compute_capability
         engine = next((e for e in engines if e.compute_capability and cc(e.compute_capability) == local_cc),
@@ -182,14 +183,15 @@ class Runtime:
         names = graphs or sorted({name for name, _ in self.bundle.graphs})
         return {name: self._session(name).providers_used() for name in names}
 
-    def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    def run_graph(self, graph: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """One call of one graph, unbatched: its output [B, D] float32 (e.g. for per-stage timing)."""
         return np.asarray(self._session(graph).infer(feeds)[OUTPUTS[graph]], dtype=np.float32)
 
     def _batched(self, graph: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
         n = len(next(iter(feeds.values())))
         if n == 0:
             return np.empty((0, self.embed_dim), dtype=np.float32)
-        parts = [self._run(graph, {k: v[i:i + self.batch_size] for k, v in feeds.items()})
+        parts = [self.run_graph(graph, {k: v[i:i + self.batch_size] for k, v in feeds.items()})
                  for i in range(0, n, self.batch_size)]
         return np.concatenate(parts)
 
@@ -278,7 +280,7 @@ class Runtime:
         for i in range(0, len(prompts), self.batch_size):
             v_img = self._image_features_of(images[i:i + self.batch_size])  # [B, D] unnormalized
             ids = self.token_ids(prompts[i:i + self.batch_size])  # [B, 77]
-            parts.append(self._run(QUERY_ENCODER, {IMAGE_FEATURES: v_img, TOKEN_IDS: ids}))
+            parts.append(self.run_graph(QUERY_ENCODER, {IMAGE_FEATURES: v_img, TOKEN_IDS: ids}))
         return np.concatenate(parts) if parts else np.empty((0, self.embed_dim), dtype=np.float32)
 
     def close(self) -> None:
