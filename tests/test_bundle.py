@@ -2,13 +2,34 @@
 with errors that name the file and the way out."""
 
 import json
+import os
 import shutil
 
 import numpy as np
 import pytest
 
 from zscir_infer import BundleError, Runtime, load_bundle
+from zscir_infer import bundle as bundle_module
 from zscir_infer.bundle import FORMAT_VERSION, sha256_file
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Remembered sha256 matches go to this test's folder, not the user's cache."""
+    monkeypatch.setenv("ZSCIR_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def hash_calls(monkeypatch) -> list:
+    """The files hashed from now on."""
+    calls = []
+
+    def counting(path):
+        calls.append(path.name)
+        return sha256_file(path)
+
+    monkeypatch.setattr(bundle_module, "sha256_file", counting)
+    return calls
 
 
 @pytest.fixture
@@ -115,3 +136,32 @@ def test_bundle_id_is_the_models_identity(tiny_bundle, bundle_copy, tiny_slerp_b
     edit_manifest(bundle_copy, lambda m: m["graphs"]["image_encoder"]["fp32"].update(sha256="0" * 64))
     changed = load_bundle(bundle_copy)
     assert changed.bundle_id != original.bundle_id and changed.image_space_id != original.image_space_id
+
+
+def test_a_match_is_remembered_for_the_untouched_file_only(bundle_copy, hash_calls, monkeypatch):
+    monkeypatch.setattr(bundle_module, "RACY_SECONDS", 0.0)  # the copy was written a moment ago
+    files = load_bundle(bundle_copy).files()
+    load_bundle(bundle_copy).verify_all()
+    assert len(hash_calls) == len(files)
+    hash_calls.clear()
+    load_bundle(bundle_copy).verify_all()  # another process, the same files: nothing hashed
+    assert hash_calls == []
+    graph = load_bundle(bundle_copy).graph("text_encoder").file.path
+    before = graph.stat()
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    graph.write_bytes(bytes(data))  # same size, same inode
+    os.utime(graph, ns=(before.st_atime_ns, before.st_mtime_ns))  # and the old mtime: ctime still moves
+    with pytest.raises(BundleError, match="text_encoder.*corrupt or was changed"):
+        load_bundle(bundle_copy).verify_all()
+    assert hash_calls == [graph.name]
+    hash_calls.clear()
+    load_bundle(bundle_copy).verified(load_bundle(bundle_copy).tokenizer_file, rehash=True)
+    assert hash_calls == ["tokenizer.json"]  # rehash ignores what is remembered
+
+
+def test_a_file_changed_moments_ago_is_not_remembered(bundle_copy, hash_calls):
+    tokenizer = load_bundle(bundle_copy).tokenizer_file
+    load_bundle(bundle_copy).verified(tokenizer)
+    load_bundle(bundle_copy).verified(tokenizer)  # written by copytree < RACY_SECONDS ago: hashed again
+    assert hash_calls == ["tokenizer.json", "tokenizer.json"]

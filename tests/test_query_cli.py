@@ -199,7 +199,7 @@ def test_a_gallery_of_another_bundle_is_refused(world, tiny_slerp_bundle):
 def test_bundle_info_reports_the_manifest_and_the_providers(world, tmp_path):
     result = runner.invoke(app, ["bundle-info", str(world["bundle"])])
     assert result.exit_code == 0, result.output
-    assert "placeholder '$' (id 259)" in result.stdout and "every file verified" in result.stdout
+    assert "placeholder '$' (id 259)" in result.stdout and "every file hashed and checked" in result.stdout
     assert "runs query_encoder (ort, cpu, fp32) on: CPUExecutionProvider" in result.stdout
     summary = json.loads(runner.invoke(app, ["bundle-info", str(world["bundle"]), "--json"]).stdout)
     assert summary["providers"]["image_encoder"] == ["CPUExecutionProvider"] and summary["verified"]

@@ -8,6 +8,13 @@ A bundle is the runtime's only input (DESIGN §3). Loading it:
 4. verifies each file's sha256 the first time it is used (a ViT-L bundle holds gigabytes, and a query
    needs two of its graphs), or all at once with `Bundle.verify_all()`. A mismatch names the file and
    says what to do: re-export the bundle, or download it again.
+
+Hashing runs at about 1 GB/s here, seconds per query for a large bundle, so a match is remembered in
+`$ZSCIR_CACHE_DIR/verified-files.json` (default ~/.cache/zscir) with the file's device, inode, size,
+mtime and ctime: any write to the file changes its ctime, which no user can set back, so a remembered
+match is only reused for the very same, untouched file. As in git's "racy clean" rule, a file changed
+in the last RACY_SECONDS is not remembered (timestamps tick coarsely: a write right after the hash
+could leave them equal). `verify_all(rehash=True)` ignores what is remembered.
 """
 
 from __future__ import annotations
@@ -16,12 +23,14 @@ import hashlib
 import json
 import os
 import threading
+import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath
 
 import jsonschema
 
+from zscir_infer.atomic import atomic_write_json
 from zscir_infer.preprocess import PreprocessConfig
 
 MANIFEST = "manifest.json"
@@ -33,6 +42,10 @@ GRAPH_NAMES = ("image_encoder", "query_encoder", "text_encoder")
 PRECISIONS = ("fp32", "fp16", "int8")
 NO_PHI = ": it composes queries without phi (use method slerp, image, text or average)"
 REMEDY = "re-export the bundle with `zscir-export`, or download it again"
+CACHE_ENV = "ZSCIR_CACHE_DIR"
+VERIFIED_FILES = "verified-files.json"
+RACY_SECONDS = 2.0
+CTIME = 4  # index of st_ctime_ns in a file state
 
 
 class BundleError(ValueError):
@@ -45,6 +58,44 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(HASH_CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def cache_root() -> Path:
+    """zscir's cache folder: $ZSCIR_CACHE_DIR, else ~/.cache/zscir."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "zscir")
+
+
+def _file_state(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+class VerifiedFiles:
+    """sha256 matches remembered across processes, valid only for the same untouched file (see module doc)."""
+
+    def __init__(self, path: Path | None = None):
+        self.path = path or cache_root() / VERIFIED_FILES
+
+    def _read(self) -> dict:
+        try:
+            return json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # absent or damaged: nothing is remembered
+            return {}
+
+    def known(self, path: Path, sha256: str) -> bool:
+        return self._read().get(str(path.resolve())) == {"sha256": sha256, "state": _file_state(path)}
+
+    def remember(self, path: Path, sha256: str, state: list[int]) -> None:
+        """Remember a match hashed from a file in `state` (taken before hashing), unless it changed since
+        or too recently."""
+        if _file_state(path) != state or time.time_ns() - state[CTIME] < RACY_SECONDS * 1e9:
+            return
+        entries = self._read()
+        entries[str(path.resolve())] = {"sha256": sha256, "state": state}
+        try:
+            atomic_write_json(self.path, entries)
+        except OSError:  # a read-only home: verification still works, only slower next time
+            pass
 
 
 @dataclass(frozen=True)
@@ -252,24 +303,29 @@ class Bundle:
         graph_files = [f for g in self.graphs.values() for f in (g.file, *g.external_data)]
         return [self.tokenizer_file, *graph_files, *(e.file for e in self.engines)]
 
-    def verified(self, f: BundleFile) -> Path:
-        """The file's path, once its sha256 matched the manifest (checked once per process and bundle)."""
+    def verified(self, f: BundleFile, rehash: bool = False) -> Path:
+        """The file's path, once its sha256 matched the manifest (hashed once per process, and not again
+        while the file stays untouched unless rehash)."""
         if not self.verify:
             return f.path
         with self._lock:
-            if f.path not in self._verified:
-                actual = sha256_file(f.path)
-                if actual != f.sha256:
-                    raise BundleError(
-                        f"Bundle file {f.path} (manifest {f.key}) is corrupt or was changed: its sha256 is "
-                        f"{actual}, the manifest records {f.sha256}. Do not edit bundle files; {REMEDY}."
-                    )
+            if rehash or f.path not in self._verified:
+                remembered = VerifiedFiles()
+                if rehash or not remembered.known(f.path, f.sha256):
+                    state = _file_state(f.path)
+                    actual = sha256_file(f.path)
+                    if actual != f.sha256:
+                        raise BundleError(
+                            f"Bundle file {f.path} (manifest {f.key}) is corrupt or was changed: its sha256 is "
+                            f"{actual}, the manifest records {f.sha256}. Do not edit bundle files; {REMEDY}."
+                        )
+                    remembered.remember(f.path, actual, state)
                 self._verified.add(f.path)
         return f.path
 
-    def verify_all(self) -> None:
+    def verify_all(self, rehash: bool = False) -> None:
         for f in self.files():
-            self.verified(f)
+            self.verified(f, rehash)
 
     def summary(self) -> dict:
         """What `zscir-infer bundle-info` prints: identity, model, prompts, preprocessing, files."""

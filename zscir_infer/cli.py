@@ -169,7 +169,7 @@ def bundle_info(
     backend: Backend = "ort",
     device: Device = "cpu",
     precision: Precision = "fp32",
-    verify: Annotated[bool, typer.Option(help="Check every file's sha256 now.")] = True,
+    verify: Annotated[bool, typer.Option(help="Hash every file now and check its sha256.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """What a bundle holds (method, backbone, prompts, preprocessing, graphs) and which providers run it."""
@@ -177,7 +177,7 @@ def bundle_info(
     try:
         loaded = load_bundle(bundle)
         if verify:
-            loaded.verify_all()
+            loaded.verify_all(rehash=True)
         summary = loaded.summary()
         with Runtime(loaded, backend, device, precision) as runtime:
             summary["providers"] = runtime.providers_used()
@@ -205,7 +205,7 @@ def summary_lines(summary: dict, runner: str) -> list[str]:
         *(f"engine {e['graph']} {e['precision']}: {e['file']} (TensorRT {e['tensorrt_version']}, compute "
           f"capability {e['compute_capability']})" for e in summary["engines"]),
         *(f"runs {graph} ({runner}) on: {', '.join(providers)}" for graph, providers in summary["providers"].items()),
-        f"sha256: {'every file verified' if summary['verified'] else 'not checked (--no-verify)'}; "
+        f"sha256: {'every file hashed and checked' if summary['verified'] else 'files checked when opened'}; "
         f"bundle id {summary['bundle_id'][:16]}",
     ]
     return lines

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from zscir_infer.backends import BackendError, parse_device
+from zscir_infer.bundle import cache_root
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -25,12 +26,6 @@ INSTALL_GPU = (
 )
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32)": np.int32,
               "tensor(int64)": np.int64}
-CACHE_ENV = "ZSCIR_CACHE_DIR"  # where ONNX Runtime's TensorRT provider keeps its engines and timing cache
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "zscir")
-
 
 def provider_list(kind: str, device_id: int, cache_key: str = "") -> list:
     """The providers, in priority order, for a device kind ('cpu', 'cuda' or 'tensorrt')."""
@@ -39,7 +34,7 @@ def provider_list(kind: str, device_id: int, cache_key: str = "") -> list:
     cuda = (CUDA, {"device_id": device_id})
     if kind == "cuda":
         return [cuda, CPU]
-    trt_cache = cache_dir() / "ort-tensorrt" / cache_key
+    trt_cache = cache_root() / "ort-tensorrt" / cache_key  # its engines and timing cache
     trt = (TENSORRT, {
         "device_id": device_id,
         "trt_engine_cache_enable": True,
