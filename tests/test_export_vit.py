@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-
 from zscir_export.bundle import ExportOptions, export_bundle
 from zscir_export.model_source import ExportSource
 from zscir_export.validate import TOLERANCES, ort_session
