@@ -207,3 +207,19 @@ def test_bundle_info_reports_the_manifest_and_the_providers(world, tmp_path):
     (damaged / "tokenizer.json").write_text((damaged / "tokenizer.json").read_text() + " ")
     result = runner.invoke(app, ["bundle-info", str(damaged)])
     assert result.exit_code == 1 and "tokenizer.json (manifest tokenizer) is corrupt" in result.output
+
+
+def test_the_reference_and_targets_match_gallery_files_through_links(world, tmp_path):
+    """The shapes world hard-links its images into the CIRR layout: one file, two paths."""
+    gallery_file = world["paths"][5]
+    link = tmp_path / "elsewhere.png"
+    link.hardlink_to(gallery_file)
+    [out] = query_json(world, str(link), "", "-k", "3", "--method", "image", "--exclude-ref")
+    assert str(gallery_file) not in [h["path"] for h in out["results"]]
+    names, _ = oracle(world, gallery_file, "", 1, "image", exclude=gallery_file)
+    target_link = tmp_path / "target.png"
+    target_link.symlink_to(world["images"] / names[0])
+    batch = tmp_path / "q.jsonl"
+    batch.write_text(json.dumps({"reference": str(link), "text": "", "targets": [target_link.name]}) + "\n")
+    [out] = query_json(world, "--batch", str(batch), "-k", "3", "--method", "image", "--exclude-ref")
+    assert [h["correct"] for h in out["results"]] == [True, False, False]

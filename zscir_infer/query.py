@@ -127,8 +127,13 @@ def resolve_references(requests: Sequence[QueryRequest], gallery: Gallery, base_
     return resolved
 
 
-def _same_file(a: str, b: str) -> bool:
-    return os.path.realpath(a) == os.path.realpath(b)
+def _file_key(path: str) -> tuple | str:
+    """One key per file: (device, inode), so hard links and symlinks match; the real path if absent."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return os.path.realpath(path)
+    return st.st_dev, st.st_ino
 
 
 def run_queries(
@@ -153,23 +158,23 @@ def run_queries(
     results = []
     for request, reference, row_scores, row_ids in zip(requests, references, scores, ids, strict=True):
         result = QueryResult(request, reference, method)
-        targets = _target_set(request, base_dir)
+        targets, reference_key = _target_set(request, base_dir), _file_key(reference)
         for score, i in zip(row_scores, row_ids, strict=True):
-            if i < 0 or (exclude_ref and _same_file(items[i].path, reference)) or len(result.hits) == k:
+            if i < 0 or (exclude_ref and _file_key(items[i].path) == reference_key) or len(result.hits) == k:
                 continue
             item = items[int(i)]
-            correct = None if targets is None else (item.name in targets or os.path.realpath(item.path) in targets)
+            correct = None if targets is None else (item.name in targets or _file_key(item.path) in targets)
             result.hits.append(QueryHit(len(result.hits) + 1, float(score), int(i), item.name, item.path, correct))
         results.append(result)
     return results
 
 
-def _target_set(request: QueryRequest, base_dir: Path | None) -> set[str] | None:
-    """Target names, plus the real paths of targets that are files."""
+def _target_set(request: QueryRequest, base_dir: Path | None) -> set | None:
+    """Target names, plus the file keys of targets that are files."""
     if request.targets is None:
         return None
     files = (_existing_file(t, base_dir) for t in request.targets)
-    return set(request.targets) | {str(f) for f in files if f is not None}
+    return set(request.targets) | {_file_key(str(f)) for f in files if f is not None}
 
 
 def recall(results: Sequence[QueryResult], k: int) -> dict[str, float] | None:
