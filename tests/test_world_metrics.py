@@ -15,8 +15,8 @@ def test_rank_orders_by_score_and_excludes_the_reference():
 
 
 def test_recall_at_k():
-    I = np.array([[4, 2, 7], [1, 0, 3], [5, 6, 8]])
-    assert metrics.recall_at_k(I, np.array([2, 1, 9]), (1, 2, 3)) == {1: 1 / 3, 2: 2 / 3, 3: 2 / 3}
+    ranked = np.array([[4, 2, 7], [1, 0, 3], [5, 6, 8]])
+    assert metrics.recall_at_k(ranked, np.array([2, 1, 9]), (1, 2, 3)) == {1: 1 / 3, 2: 2 / 3, 3: 2 / 3}
 
 
 def test_subset_recall_ranks_members_without_the_reference():
@@ -37,7 +37,7 @@ def test_average_precision_matches_the_circo_definition():
 
 
 def test_map_and_domain_recall_average_over_queries():
-    I = np.array([[0, 1, 2], [2, 1, 0]])
+    ranked = np.array([[0, 1, 2], [2, 1, 0]])
     relevant = [{0}, {0, 1}]
-    assert metrics.map_at_k(I, relevant, (3,))[3] == pytest.approx((1.0 + (1 / 2 * 1 + 2 / 3 * 1) / 2) / 2)
-    assert metrics.domain_recall_at_k(I, relevant, (1, 2)) == {1: pytest.approx(0.5), 2: pytest.approx(0.75)}
+    assert metrics.map_at_k(ranked, relevant, (3,))[3] == pytest.approx((1.0 + (1 / 2 * 1 + 2 / 3 * 1) / 2) / 2)
+    assert metrics.domain_recall_at_k(ranked, relevant, (1, 2)) == {1: pytest.approx(0.5), 2: pytest.approx(0.75)}

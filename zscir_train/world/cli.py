@@ -53,7 +53,7 @@ def world(
 def world_clip(
     run_dir: Annotated[Path, typer.Option(help="Checkpoints and log.jsonl; an existing run resumes.")] = Path("runs/world-clip"),
     out: Annotated[Path, typer.Option(help="Where the fp16 safetensors weights are written.")] = WORLD_CLIP_DIR / WORLD_CLIP_WEIGHTS,
-    steps: Annotated[int, typer.Option(min=1)] = 1800,
+    steps: Annotated[int, typer.Option(min=1)] = 1500,
     batch_size: Annotated[int, typer.Option(min=2)] = 256,
     lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
     seed: int = 0,

@@ -1,5 +1,5 @@
 """Retrieval metrics of the world's baseline report, numpy in / numpy out (FAISS vocabulary:
-`D` scores [Q, N], `I` ranked gallery indices [Q, k]). The official harness lives in zscir_infer.eval;
+`D` scores [Q, N], `ranked` gallery indices best first [Q, k]). The official harness lives in zscir_infer.eval;
 these follow the same definitions (DESIGN §6) so the two can be checked against each other.
 """
 
@@ -20,9 +20,9 @@ def rank(D: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.ndarray
     return np.take_along_axis(top, order, axis=1)
 
 
-def recall_at_k(I: np.ndarray, target: np.ndarray, ks: tuple[int, ...]) -> dict[int, float]:
+def recall_at_k(ranked: np.ndarray, target: np.ndarray, ks: tuple[int, ...]) -> dict[int, float]:
     """CIRR recall: share of queries whose single target is in the top k."""
-    hits = I == target[:, None]  # [Q, K]
+    hits = ranked == target[:, None]  # [Q, K]
     return {k: float(hits[:, :k].any(axis=1).mean()) for k in ks}
 
 
@@ -43,12 +43,12 @@ def average_precision_at_k(ranked: np.ndarray, relevant: set[int], k: int) -> fl
     return float((precision * rel).sum() / min(len(relevant), k))
 
 
-def map_at_k(I: np.ndarray, relevant: list[set[int]], ks: tuple[int, ...]) -> dict[int, float]:
-    return {k: float(np.mean([average_precision_at_k(row, rel, k) for row, rel in zip(I, relevant, strict=True)]))
+def map_at_k(ranked: np.ndarray, relevant: list[set[int]], ks: tuple[int, ...]) -> dict[int, float]:
+    return {k: float(np.mean([average_precision_at_k(row, rel, k) for row, rel in zip(ranked, relevant, strict=True)]))
             for k in ks}
 
 
-def domain_recall_at_k(I: np.ndarray, relevant: list[set[int]], ks: tuple[int, ...]) -> dict[int, float]:
+def domain_recall_at_k(ranked: np.ndarray, relevant: list[set[int]], ks: tuple[int, ...]) -> dict[int, float]:
     """Pic2Word domain conversion: share of all relevant items found in the top k, averaged over queries."""
-    return {k: float(np.mean([len(set(row[:k].tolist()) & rel) / len(rel) for row, rel in zip(I, relevant, strict=True)]))
+    return {k: float(np.mean([len(set(row[:k].tolist()) & rel) / len(rel) for row, rel in zip(ranked, relevant, strict=True)]))
             for k in ks}

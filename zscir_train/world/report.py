@@ -80,12 +80,12 @@ def cirr_scores(backbone: Backbone, world: Path, alpha: float) -> tuple[dict, di
     results = {}
     for method in BASELINES:
         D = compose(method, image, text, alpha) @ G.T  # [Q, N]
-        I = metrics.rank(D, max(RECALL_KS), exclude=reference)
-        row = {f"R@{k}": v for k, v in metrics.recall_at_k(I, target, RECALL_KS).items()}
+        ranked = metrics.rank(D, max(RECALL_KS), exclude=reference)
+        row = {f"R@{k}": v for k, v in metrics.recall_at_k(ranked, target, RECALL_KS).items()}
         subset = metrics.subset_recall_at_k(D, members, reference, target, SUBSET_KS)
         row |= {f"subset_R@{k}": v for k, v in subset.items()}
         for name, mask in (("held_out", is_held_out), ("seen", ~is_held_out)):
-            row |= {f"{name}_R@{k}": v for k, v in metrics.recall_at_k(I[mask], target[mask], (1, 5, 10)).items()}
+            row |= {f"{name}_R@{k}": v for k, v in metrics.recall_at_k(ranked[mask], target[mask], (1, 5, 10)).items()}
         results[method] = row
     summary = {"queries": len(queries), "held_out_queries": int(is_held_out.sum()), "gallery": len(gallery),
                "baselines": results}
@@ -106,8 +106,8 @@ def circo_scores(backbone: Backbone, world: Path, alpha: float) -> dict:
     relevant = [{position[i] for i in q["gt_img_ids"]} for q in queries]
     results = {}
     for method in BASELINES:
-        I = metrics.rank(compose(method, image, text, alpha) @ G.T, max(MAP_KS))
-        results[method] = {f"mAP@{k}": v for k, v in metrics.map_at_k(I, relevant, MAP_KS).items()}
+        ranked = metrics.rank(compose(method, image, text, alpha) @ G.T, max(MAP_KS))
+        results[method] = {f"mAP@{k}": v for k, v in metrics.map_at_k(ranked, relevant, MAP_KS).items()}
     return {"queries": len(queries), "gallery": len(info), "baselines": results}
 
 
@@ -122,8 +122,8 @@ def domain_scores(backbone: Backbone, world: Path, features: dict[str, np.ndarra
     relevant = [{position[n] for n in q["relevant"]} for q in queries]
     results = {}
     for method in BASELINES:
-        I = metrics.rank(compose(method, image, text, alpha) @ G.T, max(DOMAIN_KS))
-        results[method] = {f"R@{k}": v for k, v in metrics.domain_recall_at_k(I, relevant, DOMAIN_KS).items()}
+        ranked = metrics.rank(compose(method, image, text, alpha) @ G.T, max(DOMAIN_KS))
+        results[method] = {f"R@{k}": v for k, v in metrics.domain_recall_at_k(ranked, relevant, DOMAIN_KS).items()}
     return {"queries": len(queries), "gallery": len(gallery), "text": DOMAIN_TEXT, "baselines": results}
 
 
@@ -140,7 +140,8 @@ def world_report(backbone: Backbone, world: Path, alpha: float = SLERP_ALPHA) ->
     manifest = json.loads((world / "world.json").read_text())
     cirr, features = cirr_scores(backbone, world, alpha)
     return {
-        "backbone": {"name": backbone.name, "pretrained": str(backbone.pretrained),
+        "backbone": {"name": backbone.name,
+                     "weights": Path(backbone.pretrained).name if backbone.pretrained else None,
                      "sha256": sha256(Path(backbone.pretrained)) if backbone.pretrained else None},
         "world": {"config": manifest["config"], "counts": manifest["counts"]},
         "slerp_alpha": alpha,
