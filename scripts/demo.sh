@@ -17,7 +17,7 @@ THREADS=${ZSCIR_DEMO_THREADS:-$(nproc)}
 # Small enough for the budget, large enough to hold every attribute combination in the gallery.
 WORLD_SIZE=(--train-images 64 --val-images 1200 --test-images 3000 --corpus-captions 12000
             --val-queries 300 --test-queries 600 --domain-queries 100)
-LINCIR=(--steps 400 --batch-size 128 --lr 1e-3 --val-every 0 --threads "$THREADS" --no-progress)
+LINCIR=(--steps 1000 --batch-size 128 --lr 1e-3 --val-every 0 --threads "$THREADS" --no-progress)
 REFERENCE=$WORLD/images/test/test1-00000.png
 SHOWN_QUERIES=4
 

@@ -223,3 +223,10 @@ def test_the_reference_and_targets_match_gallery_files_through_links(world, tmp_
     batch.write_text(json.dumps({"reference": str(link), "text": "", "targets": [target_link.name]}) + "\n")
     [out] = query_json(world, "--batch", str(batch), "-k", "3", "--method", "image", "--exclude-ref")
     assert [h["correct"] for h in out["results"]] == [True, False, False]
+
+
+def test_paths_inside_the_current_folder_print_relative(world, monkeypatch):
+    monkeypatch.chdir(world["root"])
+    result = invoke_query(world, str(world["paths"][0]), "as a sketch", "-k", "2")
+    rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert result.exit_code == 0 and all(r[2].startswith("images/set") for r in rows), result.stdout

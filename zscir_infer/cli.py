@@ -13,6 +13,7 @@ Bundle and gallery default to $ZSCIR_BUNDLE / $ZSCIR_GALLERY, else ./zscir-out/b
 from __future__ import annotations
 
 import json
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -81,6 +82,12 @@ def check_gallery_dir(gallery: Path) -> None:
              "or run `make demo`.")
 
 
+def shown_path(path: str) -> str:
+    """A path relative to the current folder when it lies inside it (shorter to read), else as stored."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith(os.pardir) else relative
+
+
 def print_results(results) -> None:
     for number, result in enumerate(results, start=1):
         request = result.request
@@ -90,7 +97,7 @@ def print_results(results) -> None:
         console.print(f"{'rank':>4}  {'score':>7}  path")
         for hit in result.hits:
             mark = {True: "  [green]✓ target[/green]", False: "", None: ""}[hit.correct]
-            console.print(f"{hit.rank:>4}  {hit.score:7.4f}  {escape(hit.path)}{mark}")
+            console.print(f"{hit.rank:>4}  {hit.score:7.4f}  {escape(shown_path(hit.path))}{mark}")
         if not result.hits:
             console.print("      (the gallery is empty)")
 
