@@ -165,3 +165,9 @@ def test_a_file_changed_moments_ago_is_not_remembered(bundle_copy, hash_calls):
     load_bundle(bundle_copy).verified(tokenizer)
     load_bundle(bundle_copy).verified(tokenizer)  # written by copytree < RACY_SECONDS ago: hashed again
     assert hash_calls == ["tokenizer.json", "tokenizer.json"]
+
+
+def test_a_placeholder_id_the_tokenizer_does_not_produce_is_refused(bundle_copy):
+    edit_manifest(bundle_copy, lambda m: m["placeholder"].update(id=265))  # '*' (Pic2Word), not '$'
+    with pytest.raises(BundleError, match=r"placeholder '\$' id 259, the manifest .* expects 265"):
+        Runtime(bundle_copy)

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from zscir_infer.backends import BACKENDS, BackendError, parse_device
-from zscir_infer.bundle import NO_PHI, Bundle, load_bundle
+from zscir_infer.bundle import NO_PHI, Bundle, BundleError, load_bundle
 from zscir_infer.preprocess import load_image, preprocess
 from zscir_infer.tokenizer import ClipTokenizer
 
@@ -115,6 +115,7 @@ class Runtime:
         self._check_precision()
         self.tokenizer = ClipTokenizer.from_file(self.bundle.verified(self.bundle.tokenizer_file),
                                                  self.bundle.context_length)
+        self._check_placeholder()
         self._sessions: dict[str, object] = {}
         self._lock = threading.Lock()
 
@@ -138,6 +139,17 @@ class Runtime:
     @property
     def image_space_id(self) -> str:
         return self.bundle.image_space_id
+
+    def _check_placeholder(self) -> None:
+        """The query encoder substitutes phi at the manifest's placeholder id: the tokenizer must produce it."""
+        if self.placeholder is None:
+            return
+        token_id = self.tokenizer.token_id(self.placeholder)
+        if token_id != self.bundle.placeholder_id:
+            raise BundleError(
+                f"Bundle {self.bundle.path}: the tokenizer gives placeholder {self.placeholder!r} id {token_id}, "
+                f"the manifest (and its query encoder) expects {self.bundle.placeholder_id}; re-export the bundle."
+            )
 
     def _check_precision(self) -> None:
         """An unknown precision fails here, not at the first call."""
