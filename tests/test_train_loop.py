@@ -98,3 +98,16 @@ def test_gradient_accumulation_matches_one_big_batch(train_world, masking_cache,
     train_lincir(lincir_config(train_world, masking_cache, train_options, tmp_path / "one.pt", **common))
     train_lincir(lincir_config(train_world, masking_cache, train_options, tmp_path / "four.pt", grad_accum=4, **common))
     assert max_weight_diff(tmp_path / "one.pt", tmp_path / "four.pt") < 1e-5
+
+
+def test_trimmed_text_path_equals_the_reference(tiny_backbone):
+    from zscir_train.composed import encode_text_with_pseudo
+    from zscir_train.training.text import encode_text_trimmed
+
+    model = tiny_backbone.model
+    ids = tiny_backbone.tokenizer(["a $ that is red", "a photo of $ on a blue background, drawn as a sketch", "$"])
+    pseudo = torch.randn(3, tiny_backbone.width)
+    with torch.no_grad():
+        torch.testing.assert_close(encode_text_trimmed(model, ids, pseudo, 259),
+                                   encode_text_with_pseudo(model, ids, pseudo, 259), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(encode_text_trimmed(model, ids), model.encode_text(ids), atol=1e-5, rtol=1e-5)

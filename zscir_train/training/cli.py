@@ -2,8 +2,11 @@
 
 Every option left out comes from the preset (`--preset NAME`), else from the method's defaults (the
 papers' settings). Sources are given as `--captions SRC [SRC ...]` (likewise `--images`, `--pairs`):
-the first after the option, the rest as arguments; repeating the option works too. Multi-GPU:
-`torchrun --nproc-per-node 8 -m zscir_train.cli lincir ...` (NCCL on GPUs, gloo on CPUs).
+the first after the option, the rest as arguments; repeating the option works too.
+
+Several processes: `torchrun --nproc-per-node 8 $(which zscir-train) lincir --preset lincir-vit-l-14 ...`
+(NCCL on GPUs, gloo on CPUs; `--batch-size` stays the global batch, so the recipe does not change with
+the number of processes).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from torch import nn
 
 from zscir_train.backbone import Backbone, load_backbone
 from zscir_train.checkpoint import meta_for, save_phi_checkpoint
-from zscir_train.composed import encode_text_with_pseudo, placeholder_token_id
+from zscir_train.composed import placeholder_token_id
 from zscir_train.phi import LINCIR_DROPOUT, build_phi
 from zscir_train.training.loop import (
     ConfigError,
@@ -44,6 +44,7 @@ from zscir_train.training.masking import (
     MaskedCorpus,
     build_masked_corpus,
 )
+from zscir_train.training.text import encode_text_trimmed
 from zscir_train.training.validation import DeviceReference, Validator
 
 NOISE_STREAM = 0x4015E
@@ -119,10 +120,10 @@ class LinCIRTask:
         original, masked = (t.to(self.device, non_blocking=True) for t in batch)
         clip = self.backbone.model
         with torch.no_grad():
-            e_t = clip.encode_text(original).float()  # [b, D] unnormalized
+            e_t = encode_text_trimmed(clip, original).float()  # [b, D] unnormalized
         eps, s = self.noise(micro)
         pseudo = model(e_t + self.cfg.noise_scale * s * eps)  # [b, W]
-        predicted = encode_text_with_pseudo(clip, masked, pseudo, self.placeholder_id)  # [b, D]
+        predicted = encode_text_trimmed(clip, masked, pseudo, self.placeholder_id)  # [b, D]
         return F.mse_loss(predicted.float(), e_t)
 
     def validate(self, validator: Validator) -> dict[str, float]:

@@ -22,7 +22,7 @@ from torch import nn
 
 from zscir_train.backbone import Backbone, load_backbone
 from zscir_train.checkpoint import PIC2WORD_PLACEHOLDER, meta_for, save_phi_checkpoint
-from zscir_train.composed import encode_text_with_pseudo, placeholder_token_id
+from zscir_train.composed import placeholder_token_id
 from zscir_train.phi import PIC2WORD_DROPOUT, build_phi
 from zscir_train.training.contrastive import TrainTransform, symmetric_info_nce
 from zscir_train.training.lincir import set_dropout
@@ -38,6 +38,7 @@ from zscir_train.training.loop import (
     run,
 )
 from zscir_train.training.sources import ImageLocation, list_images
+from zscir_train.training.text import encode_text_trimmed
 from zscir_train.training.validation import DeviceReference, Validator
 
 TRAIN_PROMPT = f"a photo of {PIC2WORD_PLACEHOLDER}"
@@ -108,7 +109,7 @@ class Pic2WordTask:
             image = clip.encode_image(pixels.to(self.device, non_blocking=True)).float()  # [b, D] unnormalized
         token = model(image)  # [b, W]
         ids = self.prompt_ids.expand(len(token), -1)
-        text = encode_text_with_pseudo(clip, ids, token, self.placeholder_id).float()  # [b, D]
+        text = encode_text_trimmed(clip, ids, token, self.placeholder_id).float()  # [b, D]
         return symmetric_info_nce(F.normalize(image, dim=-1), F.normalize(text, dim=-1), clip.logit_scale.exp(), self.dist)
 
     def validate(self, validator: Validator) -> dict[str, float]:

@@ -39,6 +39,7 @@ from zscir_train.training.loop import (
 from zscir_train.training.lora import add_lora, lora_parameters, merged_state_dict
 from zscir_train.training.pic2word import CROP_SCALE, ImageDataset
 from zscir_train.training.sources import ImageLocation, list_pairs
+from zscir_train.training.text import encode_text_trimmed
 from zscir_train.training.validation import DeviceReference, Validator
 
 TAT_FORMAT = "zscir-tat"
@@ -100,7 +101,7 @@ class TATTask:
         pixels, ids = (t.to(self.device, non_blocking=True) for t in batch)
         image = model(pixels).float()  # [b, D], through the LoRA-adapted encoder
         with torch.no_grad():
-            text = self.backbone.model.encode_text(ids).float()  # [b, D], frozen anchor
+            text = encode_text_trimmed(self.backbone.model, ids).float()  # [b, D], frozen anchor
         return symmetric_info_nce(F.normalize(image, dim=-1), F.normalize(text, dim=-1), self.logit_scale, self.dist)
 
     def validate(self, validator: Validator) -> dict[str, float]:
