@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from open_clip.modified_resnet import AttentionPool2d
 from safetensors import safe_open
 from torch import nn
 
@@ -12,23 +13,43 @@ from zscir_train.training.lora import add_lora, merged_state_dict
 from zscir_train.training.tat import TATConfig, train_tat
 
 
-def test_merged_weights_equal_the_adapted_layers():
-    torch.manual_seed(0)
-    block = nn.ModuleDict({"attn": nn.MultiheadAttention(16, 4, batch_first=True), "fc": nn.Linear(16, 32)})
-    assert add_lora(block, rank=4, alpha=8.0, dropout=0.1) == 3  # in_proj, out_proj, fc
-    for name, p in block.named_parameters():
+class Block(nn.Module):
+    """Both kinds of linear: MultiheadAttention reads its projections, the MLP calls its Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.fc = nn.Linear(16, 32)
+
+    def forward(self, x):
+        return self.fc(self.attn(x, x, x, need_weights=False)[0])
+
+
+def train_b(module: nn.Module) -> None:
+    for name, p in module.named_parameters():
         if p.requires_grad and name.endswith(".B"):
             nn.init.normal_(p)  # as if trained (B starts at zero)
-    block.eval()
-    x = torch.randn(2, 5, 16)
-    adapted = (block["attn"](x, x, x, need_weights=False)[0], block["fc"](x))
-    plain = nn.ModuleDict({"attn": nn.MultiheadAttention(16, 4, batch_first=True), "fc": nn.Linear(16, 32)}).eval()
-    plain.load_state_dict(merged_state_dict(block))  # strict: original key names, no LoRA tensors
-    merged = (plain["attn"](x, x, x, need_weights=False)[0], plain["fc"](x))
-    for a, m in zip(adapted, merged, strict=True):
-        torch.testing.assert_close(a, m, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("make", [Block, lambda: AttentionPool2d(2, 16, 4, 8)], ids=["vit-block", "resnet-attnpool"])
+def test_merged_weights_equal_the_adapted_layers(make):
+    torch.manual_seed(0)
+    example = torch.randn(2, 5, 16) if make is Block else torch.randn(2, 16, 2, 2)
+    adapted, plain = make(), make()
+    plain.load_state_dict(adapted.state_dict())
+    base = plain(example).detach()
+    count = add_lora(adapted, example[:1], rank=4, alpha=8.0, dropout=0.1)
+    assert count == (3 if make is Block else 4)  # in_proj, out_proj, fc | q, k, v, c_proj
+    adapted.train()
+    adapted(example).sum().backward()  # every adapter is on the computation path
+    assert all(p.grad is not None for n, p in adapted.named_parameters() if n.endswith(".A") or n.endswith(".B"))
+    train_b(adapted)
+    adapted.eval()
     with torch.no_grad():
-        assert not torch.allclose(torch.nn.functional.linear(x, block["fc"].weight, block["fc"].bias), merged[1])
+        live = adapted(example)
+        plain.load_state_dict(merged_state_dict(adapted))  # strict: original key names, no LoRA tensors
+        torch.testing.assert_close(plain(example), live, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(live, base, atol=1e-3)  # the deltas are really there
 
 
 def test_tat_checkpoint_loads_as_the_tuned_backbone(train_world, train_options, tiny_weights, tmp_path):

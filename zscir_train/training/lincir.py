@@ -105,6 +105,9 @@ class LinCIRTask:
         self.dataset = CaptionPairs(corpus)
         self.placeholder_id = placeholder_token_id(backbone.tokenizer, PLACEHOLDER)
 
+    def train_mode(self) -> None:
+        self.module.train()  # phi only: dropout on; the CLIP model stays in eval mode
+
     def param_groups(self) -> list[dict]:
         return [{"params": list(self.module.parameters()), "weight_decay": self.cfg.weight_decay}]
 

@@ -234,6 +234,7 @@ class Task(Protocol):
     dataset: object  # __len__, __getitem__ or __getitems__ over (index, position), and `collate`
 
     def param_groups(self) -> list[dict]: ...
+    def train_mode(self) -> None: ...
     def loss(self, model: nn.Module, batch, micro: MicroBatch) -> torch.Tensor: ...
     def validate(self, validator) -> dict[str, float]: ...
     def trainable_state(self) -> dict[str, torch.Tensor]: ...
@@ -450,7 +451,7 @@ def run(task: Task, cfg: LoopConfig, d: Dist, validator=None, console: Console |
         bar = progress.add_task(task.name, total=cfg.steps, completed=start, loss="-", rate="-")
         for step in range(start, cfg.steps):
             started = time.perf_counter()
-            model.train()
+            task.train_mode()
             loss_sum = torch.zeros((), device=d.device)
             for m in range(cfg.grad_accum):
                 batch = next(loader)

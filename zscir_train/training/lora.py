@@ -1,12 +1,15 @@
 """LoRA on the linear layers of open_clip's image encoder, and merging it back into plain weights.
 
 delta W = B @ A * alpha / rank, A [r, in] Kaiming-uniform, B [out, r] zeros (so training starts from
-the pretrained encoder). Two attachments, because nn.MultiheadAttention does not call its linears:
-- MLP linears (`c_fc`, `c_proj`) and any other nn.Linear: a forward hook adds B(A(dropout(x))) * scale,
+the pretrained encoder). Two attachments, because attention modules read their projection weights
+directly instead of calling their nn.Linear (nn.MultiheadAttention's `out_proj`, open_clip's
+ModifiedResNet `AttentionPool2d` q/k/v/c_proj): one probe forward pass tells which linears are called.
+- a linear that is called (ViT MLP `c_fc`, `c_proj`): a forward hook adds B(A(dropout(x))) * scale,
   the standard LoRA with input dropout;
-- attention (`in_proj_weight`, the fused q/k/v [3E, E], and `out_proj.weight`): a weight
-  parametrization W + B @ A * scale. MultiheadAttention reads these tensors directly, so the input
-  dropout of LoRA cannot apply there: these two adapters train without dropout.
+- a linear whose weight is read directly, and nn.MultiheadAttention's fused q/k/v `in_proj_weight`
+  [3E, E]: a weight parametrization W + B @ A * scale. The input never passes through the adapter,
+  so LoRA's input dropout cannot apply there: these adapters train without dropout.
+Convolutions are not adapted (a ResNet tower gets LoRA on its attention pooling only).
 `merged_state_dict` gives the model's state dict with every delta folded into its weight and the
 original key names, loadable by open_clip into the unmodified architecture.
 """
@@ -60,24 +63,40 @@ def _add_lora_branch(module: nn.Linear, inputs: tuple, output: torch.Tensor) -> 
     return output + module.lora(inputs[0])
 
 
-def add_lora(encoder: nn.Module, rank: int, alpha: float, dropout: float) -> int:
-    """Attach LoRA to every linear map of `encoder` (in place); returns how many weights were adapted."""
-    attention = [m for m in encoder.modules() if isinstance(m, nn.MultiheadAttention)]
-    inside_attention = {id(m.out_proj) for m in attention}
+def _called_linears(encoder: nn.Module, example: torch.Tensor) -> set[int]:
+    """ids of the nn.Linear modules whose forward runs when `encoder(example)` runs."""
+    called: set[int] = set()
+    handles = [m.register_forward_hook(lambda module, inputs, output: called.add(id(module)))
+               for m in encoder.modules() if isinstance(m, nn.Linear)]
+    try:
+        with torch.no_grad():
+            encoder(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return called
+
+
+def add_lora(encoder: nn.Module, example: torch.Tensor, rank: int, alpha: float, dropout: float) -> int:
+    """Attach LoRA to every linear map of `encoder` (in place); returns how many weights were adapted.
+
+    example: one input batch (e.g. zeros [1, 3, S, S]) for the probe pass.
+    """
+    called = _called_linears(encoder, example)
     count = 0
-    for mha in attention:
+    for mha in [m for m in encoder.modules() if isinstance(m, nn.MultiheadAttention)]:
         if mha._qkv_same_embed_dim:
             out, inp = mha.in_proj_weight.shape
             parametrize.register_parametrization(mha, "in_proj_weight", WeightLoRA(out, inp, rank, alpha))
             count += 1
-        parametrize.register_parametrization(
-            mha.out_proj, "weight", WeightLoRA(mha.out_proj.out_features, mha.out_proj.in_features, rank, alpha))
-        count += 1
-    for module in list(encoder.modules()):
-        if isinstance(module, nn.Linear) and id(module) not in inside_attention:
+    for module in [m for m in encoder.modules() if isinstance(m, nn.Linear)]:
+        if id(module) in called:
             module.lora = InputLoRA(module, rank, alpha, dropout)
             module.register_forward_hook(_add_lora_branch)
-            count += 1
+        else:
+            parametrize.register_parametrization(
+                module, "weight", WeightLoRA(module.out_features, module.in_features, rank, alpha))
+        count += 1
     if count == 0:
         raise ValueError(f"{type(encoder).__name__} has no linear layer to adapt with LoRA.")
     return count

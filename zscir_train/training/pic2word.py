@@ -100,6 +100,9 @@ class Pic2WordTask:
         self.placeholder_id = placeholder_token_id(backbone.tokenizer, PIC2WORD_PLACEHOLDER)
         self.prompt_ids = backbone.tokenizer([TRAIN_PROMPT]).to(d.device)  # [1, L]
 
+    def train_mode(self) -> None:
+        self.module.train()  # phi only: dropout on; the CLIP model stays in eval mode
+
     def param_groups(self) -> list[dict]:
         return decay_groups(self.module, self.cfg.weight_decay, exempt_1d=True)
 

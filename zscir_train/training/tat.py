@@ -87,12 +87,22 @@ class TATTask:
 
     def __init__(self, backbone: Backbone, pairs: list[tuple[ImageLocation, str]], cfg: TATConfig, d: Dist):
         self.backbone, self.cfg, self.dist, self.device = backbone, cfg, d, d.device
-        self.adapted = add_lora(backbone.model.visual, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
+        size = backbone.preprocess.image_size
+        probe = torch.zeros(1, 3, size, size, device=d.device)
+        self.adapted = add_lora(backbone.model.visual, probe, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
         self.module = backbone.model.visual.to(d.device)
         transform = TrainTransform(backbone.preprocess, cfg.crop_scale)
         self.dataset = PairDataset(pairs, transform, backbone.tokenizer, cfg.seed)
         scale = 1.0 / cfg.temperature if cfg.temperature else backbone.model.logit_scale.exp().item()
         self.logit_scale = float(scale)
+
+    def train_mode(self) -> None:
+        """LoRA dropout on; normalization layers stay in eval mode (a ResNet's BatchNorm statistics are
+        part of the frozen encoder and must not drift)."""
+        self.module.train()
+        for m in self.module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
 
     def param_groups(self) -> list[dict]:
         return decay_groups(self.module, self.cfg.weight_decay, exempt_1d=True)
