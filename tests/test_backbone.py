@@ -53,6 +53,10 @@ def test_bad_architecture_json(tmp_path):
 
 
 def test_download_failure_is_a_clear_error(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # fail fast instead of retrying the network
+    import huggingface_hub.constants
+
+    # Fail fast instead of retrying the network: the hub reads the variable once, at import.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(BackboneError, match="--pretrained PATH"):
         load_backbone("ViT-B-32", "openai")

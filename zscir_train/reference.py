@@ -3,6 +3,11 @@
 `encode_images`, `encode_texts` and `encode_queries` take and return what `zscir_infer.Runtime` does
 (PIL images or paths in; float32 numpy, L2-normalized, out), so benchmarks and the evaluation harness can
 run either one and compare them on the same inputs.
+
+Images are loaded as the runtime loads them (`zscir_infer.preprocess.load_image`: EXIF orientation
+applied, every mode converted to RGB before the transform) and then go through open_clip's own transform.
+Loading is zscir's documented decision, not open_clip's: an RGBA picture converted after the resize (as a
+bare `Image.open` + open_clip would do) is resized with premultiplied alpha and differs at alpha edges.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from zscir_infer.preprocess import load_image
 from zscir_train.backbone import Backbone
 from zscir_train.checkpoint import PhiMeta
 from zscir_train.composed import (
@@ -31,11 +37,7 @@ DEFAULT_BATCH_SIZE = 32
 
 
 def _open(image) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image
-    with Image.open(Path(image)) as im:
-        im.load()
-        return im.copy()
+    return load_image(image if isinstance(image, Image.Image) else Path(image))
 
 
 class TorchReference:
