@@ -5,7 +5,13 @@ import pytest
 import torch
 from PIL import Image
 
-from zscir_train.checkpoint import CheckpointError, PhiMeta, load_phi_checkpoint, meta_for, save_phi_checkpoint
+from zscir_train.checkpoint import (
+    CheckpointError,
+    PhiMeta,
+    load_phi_checkpoint,
+    meta_for,
+    save_phi_checkpoint,
+)
 from zscir_train.phi import build_phi
 from zscir_train.reference import TorchReference
 

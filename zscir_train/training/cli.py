@@ -23,6 +23,7 @@ from zscir_train.backbone import BackboneError
 from zscir_train.training.loop import ConfigError, list_presets, resolve_config
 from zscir_train.training.masking import MaskingError
 from zscir_train.training.sources import SourceError
+from zscir_train.training.world_eval import world_eval
 
 USER_ERRORS = (ConfigError, SourceError, MaskingError, BackboneError, FileNotFoundError)
 
@@ -158,3 +159,4 @@ def register(app: typer.Typer) -> None:
     app.command("lincir")(lincir)
     app.command("pic2word")(pic2word)
     app.command("tat")(tat)
+    app.command("world-eval")(world_eval)

@@ -6,7 +6,7 @@ in from the ground truth, and scored with its protocol: CIRR-style test1 (refere
 CIRCO-style test (val+test gallery, mAP@k). Rows: LinCIR and Pic2Word (phi), Slerp on the base and on
 the TAT-tuned encoder, and the image-only, text-only and average baselines of the base encoder.
 
-    python -m zscir_train.training.world_eval --world DIR --lincir lincir.safetensors \
+    zscir-train world-eval --world DIR --lincir lincir.safetensors \
         --pic2word pic2word.safetensors --tat tat.safetensors --out results/train
 """
 
@@ -116,11 +116,7 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
-
-
-@app.command()
-def main(
+def world_eval(
     world: Annotated[Path, typer.Option(help="A world written by `zscir-train world`.")],
     out: Annotated[Path, typer.Option(help="Folder for world.json and world.md.")],
     model: Annotated[str, typer.Option()] = "world-clip",
@@ -140,7 +136,3 @@ def main(
     atomic_write_json(out / "world.json", report)
     atomic_write_text(out / "world.md", table + "\n")
     typer.echo(table)
-
-
-if __name__ == "__main__":
-    app()

@@ -102,5 +102,11 @@ def world_report(
     typer.echo(report_md)
 
 
+def register(app: typer.Typer) -> None:
+    app.command("world")(world)
+    app.command("world-clip")(world_clip)
+    app.command("world-report")(world_report)
+
+
 if __name__ == "__main__":
     world_app()
