@@ -29,4 +29,4 @@ lint: setup
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache demo-out
+	rm -rf $(VENV) .pytest_cache zscir-out
