@@ -116,12 +116,19 @@ class PreprocessConfig:
         return cfg
 
 
-def _decode(fp: BinaryIO | io.BytesIO, name: str, max_pixels: int) -> Image.Image:
+# Pillow's decoders fail on damaged files with many exception types (OSError, ValueError, SyntaxError,
+# EOFError, struct.error, ...; the fuzz tests meet them): for an untrusted file any of them means "cannot
+# be decoded", so all are reported as ImageLoadError.
+DECODE_ERRORS = (Exception,)
+
+
+def _decode(fp: BinaryIO | io.BytesIO, name: str, max_pixels: int, exif_transpose: bool) -> Image.Image:
+    """Decode an untrusted file into RGB; every failure is an ImageLoadError naming it."""
     try:
         image = Image.open(fp)
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"{name} is too large to decode safely ({exc}); downscale the file.") from exc
-    except OSError as exc:
+    except DECODE_ERRORS as exc:
         raise ImageLoadError(f"{name} is not an image Pillow can decode ({exc}); remove or convert it.") from exc
     width, height = image.size
     if width * height > max_pixels:
@@ -131,9 +138,9 @@ def _decode(fp: BinaryIO | io.BytesIO, name: str, max_pixels: int) -> Image.Imag
         )
     try:
         image.load()
-    except OSError as exc:
+        return _to_rgb(image, exif_transpose)  # a damaged EXIF block fails here
+    except DECODE_ERRORS as exc:
         raise ImageLoadError(f"{name} could not be decoded ({exc}): the file is truncated or corrupt.") from exc
-    return image
 
 
 def _to_rgb(image: Image.Image, exif_transpose: bool) -> Image.Image:
@@ -152,15 +159,15 @@ def load_image(
     if isinstance(source, Image.Image):
         return _to_rgb(source, exif_transpose)
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return _to_rgb(_decode(io.BytesIO(source), f"<{len(source)} bytes>", max_pixels), exif_transpose)
+        return _decode(io.BytesIO(source), f"<{len(source)} bytes>", max_pixels, exif_transpose)
     if isinstance(source, (str, os.PathLike)):
         try:
             fp = open(source, "rb")  # ours to close: Pillow keeps multi-frame files (MPO, GIF) open
         except OSError as exc:
             raise ImageLoadError(f"Image {source} cannot be read: {exc.strerror}.") from exc
         with fp:
-            return _to_rgb(_decode(fp, str(source), max_pixels), exif_transpose)
-    return _to_rgb(_decode(source, getattr(source, "name", "<file object>"), max_pixels), exif_transpose)
+            return _decode(fp, str(source), max_pixels, exif_transpose)
+    return _decode(source, getattr(source, "name", "<file object>"), max_pixels, exif_transpose)
 
 
 def _pad(image: Image.Image, ltrb: tuple[int, int, int, int], fill: int) -> Image.Image:
@@ -193,7 +200,8 @@ def _resized_size(width: int, height: int, cfg: PreprocessConfig) -> tuple[int, 
         return size, size
     if cfg.resize_mode == "longest":  # open_clip ResizeKeepRatio(longest=1)
         ratio = max(height / size, width / size)
-        return round(width / ratio), round(height / ratio)
+        # At least one pixel: open_clip rounds a very thin image's short side to 0 and Pillow refuses it.
+        return max(1, round(width / ratio)), max(1, round(height / ratio))
     short, long = (width, height) if width <= height else (height, width)
     new_long = int(size * long / short)
     return (size, new_long) if width <= height else (new_long, size)
