@@ -230,3 +230,72 @@ def test_paths_inside_the_current_folder_print_relative(world, monkeypatch):
     result = invoke_query(world, str(world["paths"][0]), "as a sketch", "-k", "2")
     rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:1].isdigit()]
     assert result.exit_code == 0 and all(r[2].startswith("images/set") for r in rows), result.stdout
+
+
+def _peak_rss_mb(world, batch_file, tmp_path) -> tuple[float, int]:
+    """Run `zscir-infer query --batch` in a fresh process; its peak RSS (MB) and the JSON lines it printed."""
+    import resource
+    import subprocess
+    import sys
+
+    script = ("import resource, sys; from zscir_infer.cli import app\n"
+              "try:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
+              "print('peak', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+              "sys.exit(code)\n")
+    out = tmp_path / f"{batch_file.stem}.out"
+    with open(out, "w") as stdout:
+        proc = subprocess.run([sys.executable, "-c", script, "query", "--batch", str(batch_file), "--bundle",
+                               str(world["bundle"]), "--gallery", str(world["gallery"]), "-k", "5", "--json"],
+                              stdout=stdout, stderr=subprocess.PIPE, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    peak_kb = int(proc.stderr.rsplit("peak", 1)[1].split()[0])
+    assert resource.RUSAGE_SELF is not None
+    return peak_kb / 1024, sum(1 for _ in open(out))
+
+
+@pytest.mark.slow
+def test_a_batch_of_10000_queries_completes_in_flat_memory(world, tmp_path):
+    """Ten times the queries must not need noticeably more memory: queries are encoded, searched and written
+    a chunk at a time."""
+    texts = ["make it red", "as a sketch", "", "🎉 two of them $", "x " * 100]
+    def batch(n):
+        path = tmp_path / f"q{n}.jsonl"
+        path.write_text("".join(json.dumps({"reference": world["names"][i % len(world["names"])],
+                                            "text": texts[i % len(texts)]}) + "\n" for i in range(n)))
+        return path
+    small_mb, small_lines = _peak_rss_mb(world, batch(1000), tmp_path)
+    large_mb, large_lines = _peak_rss_mb(world, batch(10_000), tmp_path)
+    print(f"peak RSS: 1,000 queries {small_mb:.0f} MB, 10,000 queries {large_mb:.0f} MB")
+    assert (small_lines, large_lines) == (1000, 10_000)
+    assert large_mb < small_mb + 60
+
+
+def test_hostile_texts_are_encoded_or_warned_about(world):
+    rt = world["runtime"]
+    image = world["paths"][0]
+    hostile = ["", "   \t\n ", "\x00\x1b[31mred\x1b[0m\x7f", "🎉🐱👨‍👩‍👧 café &amp; <b>bold</b>", "$ and * and $$"]
+    for method in ("phi", "slerp", "average"):
+        q = rt.encode_queries([(image, t) for t in hostile], method=method)
+        assert np.isfinite(q).all() and np.allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-5)
+    from zscir_infer.runtime import PlaceholderLostWarning, TruncationWarning
+
+    long_text = "make it much much bigger " * 20
+    with pytest.warns(TruncationWarning, match="longer than 77"):
+        ids = rt.token_ids([long_text])
+    assert ids[0, -1] == 49407  # the end-of-text token survives the cut
+    with pytest.warns(PlaceholderLostWarning, match="lost its placeholder"):
+        rt.encode_queries([(image, long_text)], template="{caption} $")
+
+
+def test_a_contact_sheet_of_a_large_batch_draws_the_first_queries(world, tmp_path):
+    from zscir_infer.cli import MAX_SHEET_ROWS
+
+    path = tmp_path / "many.jsonl"
+    path.write_text("".join(json.dumps({"reference": world["names"][i % 10], "text": "as a sketch"}) + "\n"
+                            for i in range(MAX_SHEET_ROWS + 7)))
+    sheet = tmp_path / "sheet.html"
+    result = runner.invoke(app, ["query", "--batch", str(path), "--bundle", str(world["bundle"]), "--gallery",
+                                 str(world["gallery"]), "-k", "3", "--show", str(sheet)])
+    assert result.exit_code == 0, result.output
+    assert f"the first {MAX_SHEET_ROWS} of {MAX_SHEET_ROWS + 7} queries" in " ".join(result.stderr.split())
+    assert sheet.read_text().count("as a sketch") >= MAX_SHEET_ROWS

@@ -28,12 +28,14 @@ from zscir_infer.gallery import Gallery, GalleryError
 from zscir_infer.index_cli import DEFAULT_BUNDLE, DEFAULT_GALLERY
 from zscir_infer.index_cli import register as register_index
 from zscir_infer.preprocess import ImageLoadError
-from zscir_infer.query import QueryError, QueryRequest, read_batch, recall, run_queries, sheet_rows
+from zscir_infer.query import QueryError, QueryRequest, RecallTally, read_batch, run_queries, sheet_rows
 from zscir_infer.runtime import DEFAULT_BATCH_SIZE, Runtime
 from zscir_infer.tokenizer import TokenizerError
 
 EXIT_ERROR = 1
 MAX_ECHOED_BATCH = 50  # queries printed in full; a larger batch prints its summary only
+MAX_SHEET_ROWS = 50  # queries drawn on a contact sheet (the first ones): a sheet is for looking at
+QUERY_CHUNK = 1024  # queries encoded, searched and written at a time: memory stays flat for any --batch
 
 app = typer.Typer(
     help="Zero-shot composed image retrieval with a zscir bundle: query a gallery, index images, inspect bundles.",
@@ -102,11 +104,10 @@ def print_results(results) -> None:
             console.print("      (the gallery is empty)")
 
 
-def print_recall(results, k: int) -> None:
-    scores = recall(results, k)
+def print_recall(tally: RecallTally, method: str) -> None:
+    scores = tally.scores()
     if scores:
-        judged = sum(r.request.targets is not None for r in results)
-        console.print(f"\nrecall over {judged} queries with targets ({results[0].method}): "
+        console.print(f"\nrecall over {tally.judged} queries with targets ({method}): "
                       + "  ".join(f"{name} {value:.3f}" for name, value in scores.items()))
 
 
@@ -149,25 +150,32 @@ def query(
     check_gallery_dir(gallery)
     try:
         requests = read_batch(batch) if batch else [QueryRequest(reference, text)]
+        tally, shown, sheet = RecallTally(k), [], []
         with Runtime(bundle, backend, device, precision, batch_size, threads) as runtime, \
                 Gallery.open(gallery, bundle_id=runtime.bundle_id) as g:
-            results = run_queries(runtime, g, requests, k=k, method=method.value if method else None,
-                                  template=template, alpha=alpha, exclude_ref=exclude_ref,
-                                  base_dir=batch.parent if batch else None)
+            used_method = method.value if method else runtime.default_method
+            for start in range(0, len(requests), QUERY_CHUNK):
+                results = run_queries(runtime, g, requests[start:start + QUERY_CHUNK], k=k, method=used_method,
+                                      template=template, alpha=alpha, exclude_ref=exclude_ref,
+                                      base_dir=batch.parent if batch else None)
+                tally.add(results)
+                if as_json:
+                    for result in results:
+                        typer.echo(json.dumps(result.to_json(), ensure_ascii=False))
+                elif len(requests) <= MAX_ECHOED_BATCH:
+                    shown += results
+                sheet += results[:MAX_SHEET_ROWS - len(sheet)] if show is not None else []
     except RUNTIME_ERRORS as exc:
         fail(str(exc))
-    if as_json:
-        for result in results:
-            typer.echo(json.dumps(result.to_json(), ensure_ascii=False))
-    else:
-        if len(results) <= MAX_ECHOED_BATCH:
-            print_results(results)
-        print_recall(results, k)
+    if not as_json:
+        print_results(shown)
+        print_recall(tally, used_method)
     if show is not None:
         from zscir_infer.contact_sheet import write_contact_sheet
 
-        write_contact_sheet(show, sheet_rows(results))
-        err_console.print(f"contact sheet: {show}")
+        write_contact_sheet(show, sheet_rows(sheet))
+        more = f" (the first {len(sheet)} of {len(requests)} queries)" if len(requests) > len(sheet) else ""
+        err_console.print(f"contact sheet: {show}{more}")
 
 
 @app.command("bundle-info")

@@ -177,14 +177,35 @@ def _target_set(request: QueryRequest, base_dir: Path | None) -> set | None:
     return set(request.targets) | {_file_key(str(f)) for f in files if f is not None}
 
 
+class RecallTally:
+    """Recall@{1,5,10,50} below k, and @k, over queries seen a chunk at a time (a few bools per query kept)."""
+
+    def __init__(self, k: int):
+        self.ks = [kk for kk in RECALL_KS if kk < k] + [k]
+        self.found: list[np.ndarray] = []  # per chunk [judged, len(ks)] bool
+
+    def add(self, results: Sequence[QueryResult]) -> None:
+        judged = [r for r in results if r.request.targets is not None]
+        self.found.append(np.array([[any(h.correct for h in r.hits[:kk]) for kk in self.ks] for r in judged],
+                                   dtype=bool).reshape(len(judged), len(self.ks)))
+
+    @property
+    def judged(self) -> int:
+        return sum(len(f) for f in self.found)
+
+    def scores(self) -> dict[str, float] | None:
+        """The share of queries with targets that have one in the top kk, per kk; None when none has targets."""
+        if not self.judged:
+            return None
+        found = np.concatenate(self.found)  # [Q, len(ks)]
+        return {f"R@{kk}": float(v) for kk, v in zip(self.ks, found.mean(0), strict=True)}
+
+
 def recall(results: Sequence[QueryResult], k: int) -> dict[str, float] | None:
     """Recall@{1,5,10,50} below k, and @k: the share of queries with targets that have one in the top k."""
-    judged = [r for r in results if r.request.targets is not None]
-    if not judged:
-        return None
-    ks = [kk for kk in RECALL_KS if kk < k] + [k]
-    found = np.array([[any(h.correct for h in r.hits[:kk]) for kk in ks] for r in judged])  # [Q, len(ks)]
-    return {f"R@{kk}": float(v) for kk, v in zip(ks, found.mean(0), strict=True)}
+    tally = RecallTally(k)
+    tally.add(results)
+    return tally.scores()
 
 
 def sheet_rows(results: Sequence[QueryResult]) -> list[SheetRow]:

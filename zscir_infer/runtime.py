@@ -12,6 +12,10 @@ as `zscir_train.composed.fill_template`, and slerp / average are the same formul
 Images may be paths, bytes, PIL images or uint8 arrays ([H, W], [H, W, 3] or [H, W, 4]); they are
 loaded by `zscir_infer.preprocess.load_image`, which applies the EXIF orientation (see there).
 
+Texts longer than the context (77 tokens) are cut keeping the end-of-text token, as open_clip does,
+with a `TruncationWarning` naming the text; a phi prompt whose placeholder was cut off (the image token
+lost) warns with `PlaceholderLostWarning`: its query is then the text alone.
+
 Thread-safe: graph sessions are created once under a lock, ONNX Runtime sessions run concurrently,
 TensorRT engines serialize their own calls; the tokenizer and preprocessing are pure.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -39,6 +44,19 @@ CAPTION_FIELD = "{caption}"
 IMAGE_ENCODER, QUERY_ENCODER, TEXT_ENCODER = "image_encoder", "query_encoder", "text_encoder"
 PIXELS, IMAGE_FEATURES, TOKEN_IDS = "pixels", "image_features", "token_ids"
 OUTPUTS = {IMAGE_ENCODER: "image_features", QUERY_ENCODER: "query_features", TEXT_ENCODER: "text_features"}
+SHOWN_CHARS = 60  # of a text named in a warning
+
+
+class TruncationWarning(UserWarning):
+    """A text was longer than the context and its tail was dropped (the end-of-text token is kept)."""
+
+
+class PlaceholderLostWarning(UserWarning):
+    """A phi prompt lost its placeholder to truncation: the image does not reach the query."""
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "...")
 
 
 class TemplateError(ValueError):
@@ -235,7 +253,14 @@ class Runtime:
 
     # --- texts -------------------------------------------------------------------------------------------
     def token_ids(self, texts: Sequence[str]) -> np.ndarray:
-        return self.tokenizer(list(texts))  # [B, 77]
+        """Token ids [B, 77]; warns (TruncationWarning) for each text cut to the context length."""
+        texts = list(texts)
+        ids, truncated = self.tokenizer.encode(texts, return_truncated=True)  # [B, 77], [B]
+        for i in np.flatnonzero(truncated):
+            warnings.warn(TruncationWarning(
+                f"Text {_shown(texts[i])} is longer than {self.bundle.context_length} CLIP tokens: the rest was "
+                "dropped (the end-of-text token is kept). Shorten it to keep every word."), stacklevel=3)
+        return ids
 
     def text_features(self, texts: Sequence[str]) -> np.ndarray:
         """Unnormalized text features [N, D] of raw texts (no template)."""
@@ -292,6 +317,11 @@ class Runtime:
         for i in range(0, len(prompts), self.batch_size):
             v_img = self._image_features_of(images[i:i + self.batch_size])  # [B, D] unnormalized
             ids = self.token_ids(prompts[i:i + self.batch_size])  # [B, 77]
+            for row in np.flatnonzero(~(ids == self.bundle.placeholder_id).any(axis=1)):
+                warnings.warn(PlaceholderLostWarning(
+                    f"Prompt {_shown(prompts[i + row])} lost its placeholder {self.placeholder!r} to truncation: "
+                    "the reference image does not reach this query. Shorten the text or put the placeholder "
+                    "earlier in the template."), stacklevel=2)
             parts.append(self.run_graph(QUERY_ENCODER, {IMAGE_FEATURES: v_img, TOKEN_IDS: ids}))
         return np.concatenate(parts) if parts else np.empty((0, self.embed_dim), dtype=np.float32)
 
