@@ -7,6 +7,7 @@ the directory so the rename itself survives a crash.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -54,14 +55,41 @@ def atomic_write_json(path: str | os.PathLike, obj: object) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def recover_directory(path: str | os.PathLike) -> bool:
+    """Finish what a killed `atomic_directory` left: returns True when `path` was restored.
+
+    A replace moves the old directory aside (`.{name}.*.old/{name}`) and then renames the new one into
+    place; a process killed between the two renames leaves no `path`. The old complete version is
+    moved back. Temporary and set-aside siblings of earlier killed writers are removed (one writer per
+    target at a time: two concurrent writers of the same directory are not supported anyway).
+    """
+    path = Path(path)
+    restored = False
+    aside = sorted(path.parent.glob(f".{glob.escape(path.name)}.*.old"))
+    if not path.exists():
+        for old in aside:
+            if (old / path.name).is_dir():
+                os.replace(old / path.name, path)
+                fsync_dir(path.parent)
+                restored = True
+                break
+    for stale in (*aside, *path.parent.glob(f".{glob.escape(path.name)}.*.tmp")):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    return restored
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """Yield a temporary directory beside `path`; on success it becomes `path` by rename.
 
-    With force, an existing `path` is replaced (moved aside first, removed after the rename), so an
-    interrupted write leaves either the old directory or the new one, plus at most a stale temp dir.
+    With force, an existing `path` is replaced (moved aside first, removed after the rename). A writer
+    killed at any point leaves the old directory or the new one, or (killed between the two renames)
+    the old one set aside, which the next writer of `path` restores first (`recover_directory`).
     """
     path = Path(path)
+    if path.parent.is_dir():
+        recover_directory(path)
     if path.exists() and not force:
         raise FileExistsError(f"{path} already exists: pass --force to replace it, or choose another --out.")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,3 +9,7 @@ app = typer.Typer(help="Train zero-shot composed image retrieval models (LinCIR,
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
 world_cli.register(app)
 training_cli.register(app)
+
+
+if __name__ == "__main__":
+    app()

@@ -133,3 +133,7 @@ def export(
     if not quiet:
         _print_result(console, result)
     typer.echo(json.dumps({"bundle": str(out), "seconds": round(result.seconds, 2)}))
+
+
+if __name__ == "__main__":
+    app()

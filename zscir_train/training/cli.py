@@ -100,7 +100,7 @@ def lincir(
     progress: ShowProgress = None, phi_dropout: PhiDropout = None, caption_column: CaptionColumn = None,
     spacy_model: Annotated[str | None, typer.Option(help="spaCy pipeline for POS tags (default en_core_web_sm).")] = None,
     spacy_processes: Annotated[int | None, typer.Option(min=1, help="nlp.pipe processes for the one-time masking.")] = None,
-    cache_dir: Annotated[Path | None, typer.Option(help="Masked-corpus cache (default $ZSCIR_CACHE or ~/.cache/zscir).")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Masked-corpus cache (default $ZSCIR_CACHE_DIR or ~/.cache/zscir).")] = None,
     noise_scale: Annotated[float | None, typer.Option(min=0.0, help="s ~ U(0, noise_scale) on the text embedding.")] = None,
 ) -> None:
     """LinCIR: train phi from captions alone (self-masking projection + noise, MSE to the text embedding)."""

@@ -49,7 +49,7 @@ from zscir_train.training.validation import DeviceReference, Validator
 
 NOISE_STREAM = 0x4015E
 NOISE_SCALE = 1.0  # LinCIR: input + 1.0 * U(0,1) * N(0, I)
-CACHE_ENV = "ZSCIR_CACHE"
+CACHE_ENV = "ZSCIR_CACHE_DIR"  # the one cache folder of zscir (bundle hashes, engines, masked corpora)
 
 
 def default_cache_dir() -> Path:
@@ -65,7 +65,7 @@ class LinCIRConfig(LoopConfig):
     spacy_model: str = DEFAULT_SPACY_MODEL
     spacy_batch: int = SPACY_BATCH
     spacy_processes: int = 1
-    cache_dir: str | None = None  # default: $ZSCIR_CACHE or ~/.cache/zscir, then masked-captions/
+    cache_dir: str | None = None  # default: $ZSCIR_CACHE_DIR or ~/.cache/zscir, then masked-captions/
     noise_scale: float = NOISE_SCALE
     phi_dropout: float = LINCIR_DROPOUT
 

@@ -209,7 +209,7 @@ def train_world_clip(config: WorldClipConfig, run_dir: Path, weights_out: Path) 
     start, elapsed = 0, 0.0
     checkpoint_path = run_dir / "checkpoint.pt"
     if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         changed = {k: (v, asdict(config)[k]) for k, v in state["config"].items()
                    if k not in RESUMABLE_CHANGES and asdict(config)[k] != v}
         if changed:
