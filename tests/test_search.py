@@ -43,9 +43,9 @@ def test_flat_equals_numpy_brute_force(data):
     np.testing.assert_allclose(D, D_true, atol=1e-5)
 
 
-def test_auto_is_exact_below_the_threshold_and_hnsw_above():
+def test_auto_is_exact_below_the_threshold_and_ivf_flat_above():
     assert resolve_factory("auto", AUTO_FLAT_MAX - 1, 512) == "Flat"
-    assert resolve_factory("auto", AUTO_FLAT_MAX, 512) == "HNSW32,Flat"
+    assert resolve_factory("auto", AUTO_FLAT_MAX, 512) == "IVF1024,Flat"
     assert resolve_factory("ivfpq", 200_000, 512) == "IVF2048,PQ64x8,RFlat"
     assert resolve_factory("IVF256,Flat", 10, 512) == "IVF256,Flat"  # factory strings pass through
 
@@ -104,8 +104,11 @@ def test_search_parameters_that_do_not_apply_are_refused():
     with pytest.raises(IndexSpecError, match="efSearch"):
         check_search_params("flat", 1000, 64, {"efSearch": 32})
     with pytest.raises(IndexSpecError, match="nprobe"):
-        check_search_params("auto", AUTO_FLAT_MAX, 64, {"nprobe": 4})
-    check_search_params("auto", AUTO_FLAT_MAX, 64, {"efSearch": 32})
+        check_search_params("hnsw", AUTO_FLAT_MAX, 64, {"nprobe": 4})
+    with pytest.raises(IndexSpecError, match="efSearch"):
+        check_search_params("auto", AUTO_FLAT_MAX, 64, {"efSearch": 32})
+    check_search_params("auto", AUTO_FLAT_MAX, 64, {"nprobe": 4})
+    check_search_params("hnsw", AUTO_FLAT_MAX, 64, {"efSearch": 32})
 
 
 def test_without_gpus_indexes_stay_on_the_cpu(data):
