@@ -35,25 +35,35 @@ def test_vit_b_32_is_the_known_8_8_gflop():
     assert roofline.image_flops(open_clip.get_model_config("ViT-B-32")) / 1e9 == pytest.approx(8.82, abs=0.01)
 
 
-@pytest.mark.parametrize("name", ["zscir-tiny", "world-clip"])
-def test_counts_equal_pytorch_flop_counter_on_the_real_model(name):
-    """PyTorch counts every matmul it runs when attention takes the math path (no fused kernels)."""
-    from zscir_train.backbone import load_backbone
-
-    backbone = load_backbone(name)
-    arch = {**backbone.arch, "embed_dim": backbone.embed_dim}
+def _pytorch_flops(backbone, image: bool) -> float:
+    """FLOPs PyTorch counts per item; attention on the math path, so every matmul is a counted op."""
     size = backbone.preprocess.image_size
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
-            with FlopCounterMode(display=False) as image_counter:
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            if image:
                 backbone.model.encode_image(torch.zeros(2, 3, size, size))
-            with FlopCounterMode(display=False) as text_counter:
+            else:
                 backbone.model.encode_text(torch.zeros(2, 77, dtype=torch.long))
     finally:
         torch.backends.mha.set_fastpath_enabled(True)
-    assert roofline.image_flops(arch) == image_counter.get_total_flops() / 2
-    assert roofline.text_flops(arch) == text_counter.get_total_flops() / 2
+    return counter.get_total_flops() / 2
+
+
+def test_counts_equal_pytorch_flop_counter_on_the_real_model(tiny_backbone):
+    arch = {**tiny_backbone.arch, "embed_dim": tiny_backbone.embed_dim}
+    assert roofline.image_flops(arch) == _pytorch_flops(tiny_backbone, image=True)
+    assert roofline.text_flops(arch) == _pytorch_flops(tiny_backbone, image=False)
+
+
+def test_world_clip_text_is_counted_and_its_resnet_image_tower_refused():
+    from zscir_train.backbone import load_backbone
+
+    backbone = load_backbone("world-clip")
+    arch = {**backbone.arch, "embed_dim": backbone.embed_dim}
+    assert roofline.text_flops(arch) == _pytorch_flops(backbone, image=False)
+    with pytest.raises(roofline.UnsupportedArchitecture, match="ResNet"):
+        roofline.image_flops(arch)
 
 
 @pytest.mark.parametrize("kind", ["lincir", "pic2word"])

@@ -8,6 +8,7 @@ imports + model load + one query, not disk speed.
 from __future__ import annotations
 
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -55,7 +56,7 @@ def _time(command: list[str], runs: int) -> dict:
 def _shown(command: list[str], bundle: Path, gallery: Path, image: Path) -> str:
     """The command as the report shows it: program names, not this machine's paths."""
     names = {str(bundle): "BUNDLE", str(gallery): "GALLERY", str(image): "REF.jpg", sys.executable: "python"}
-    return " ".join(Path(c).name if c.endswith("zscir-infer") else names.get(c, c) for c in command)
+    return shlex.join(Path(c).name if c.endswith("zscir-infer") else names.get(c, c) for c in command)
 
 
 def run_cold_start(bundle_dir: Path, *, threads: int, runs: int = DEFAULT_RUNS, gallery_size: int = DEFAULT_GALLERY,

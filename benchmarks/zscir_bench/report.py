@@ -150,9 +150,22 @@ def _stage_tables(report: dict) -> list[str]:
             rows.append(row)
         items = ["items/s (end_to_end)"] + [
             _f((_stat(report, n, "end_to_end", batch) or {}).get("items_per_s")) for n in names]
+        overhead = ["end_to_end p50 − Σ stage p50 (pipeline overhead)"] + [
+            _f(pipeline_overhead_ms(report, n, batch)) for n in names]
         lines += [f"## Batch {batch}: p50 / p95 / p99 ms per call (ratio of p50 to PyTorch)", "",
-                  *_table(["stage", *names], [*rows, items])]
+                  *_table(["stage", *names], [*rows, items, overhead])]
     return lines
+
+
+def pipeline_overhead_ms(report: dict, backend: str, batch: str) -> float | None:
+    """End-to-end p50 minus the p50s of the stages it is made of: time spent between the stages."""
+    from zscir_bench.plots import BREAKDOWN
+
+    e2e = _stat(report, backend, "end_to_end", batch)
+    parts = [_stat(report, backend, stage, batch) for stage in BREAKDOWN]
+    if e2e is None or any(p is None for p in parts):
+        return None
+    return e2e["p50_ms"] - sum(p["p50_ms"] for p in parts)
 
 
 def _roofline_table(report: dict) -> list[str]:
@@ -173,7 +186,8 @@ def _int8_static_table(report: dict) -> list[str]:
     static = report.get("int8_static")
     if not static:
         return []
-    rows = [[name, batch, s["p50_ms"], s["items_per_s"], static["min_cosine_to_fp32"].get(name)]
+    cosine = {name: f"{c:.5f}" for name, c in static["min_cosine_to_fp32"].items()}
+    rows = [[name, batch, s["p50_ms"], s["items_per_s"], cosine.get(name)]
             for name, per_batch in static["timings"].items() for batch, s in per_batch.items()]
     return ["## Image encoder: static vs dynamic int8", "",
             f"Static: {static['calibration']}. Each graph on ONNX Runtime alone (no pipeline around it).", "",
