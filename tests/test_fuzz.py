@@ -156,3 +156,22 @@ def test_any_query_gives_finite_unit_features(runtime, image, text, method):
     q = runtime.encode_queries([(image, text), (Image.new("RGB", (8, 8)), text)], method=method)
     assert q.shape == (2, runtime.embed_dim) and q.dtype == np.float32 and np.isfinite(q).all()
     np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG"])
+def test_animations_give_their_first_frame(fmt):
+    frames = [Image.new("RGB", (24, 16), color) for color in ((220, 20, 20), (20, 20, 220), (20, 220, 20))]
+    buf = io.BytesIO()
+    frames[0].save(buf, format=fmt, save_all=True, append_images=frames[1:], duration=50, loop=0)
+    if fmt == "PNG":
+        assert Image.open(io.BytesIO(buf.getvalue())).n_frames == 3  # APNG
+    first = np.asarray(load_image(buf.getvalue()), dtype=int)
+    assert first.shape == (16, 24, 3) and first[..., 0].mean() > 150 and first[..., 2].mean() < 80
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 4000), (4000, 1), (3, 2)])
+def test_extreme_sizes_preprocess(size):
+    image = Image.new("RGB", size, (90, 120, 200))
+    for resize_mode in ("shortest", "squash", "longest"):
+        pixels = preprocess_image(load_image(image), PreprocessConfig(32, MEAN, STD, resize_mode=resize_mode))
+        assert pixels.shape == (3, 32, 32) and np.isfinite(pixels).all()

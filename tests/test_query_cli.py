@@ -299,3 +299,17 @@ def test_a_contact_sheet_of_a_large_batch_draws_the_first_queries(world, tmp_pat
     assert result.exit_code == 0, result.output
     assert f"the first {MAX_SHEET_ROWS} of {MAX_SHEET_ROWS + 7} queries" in " ".join(result.stderr.split())
     assert sheet.read_text().count("as a sketch") >= MAX_SHEET_ROWS
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"", "not an image Pillow can decode"),
+    (b"plain text, not a picture\n", "not an image Pillow can decode"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10\x00\x00\x00\x10\x08\x02", "Truncated"),
+])
+def test_a_bad_reference_image_is_one_clear_error(world, tmp_path, content, message):
+    bad = tmp_path / "ref photo é.png"
+    bad.write_bytes(content)
+    result = invoke_query(world, str(bad), "as a sketch")
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert message in text and "ref photo é.png" in text and "Traceback" not in text
