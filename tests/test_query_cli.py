@@ -14,6 +14,7 @@ from zscir_infer.cli import app
 
 SIZES = [(40, 30), (30, 40), (64, 64), (17, 90), (120, 33), (32, 32), (50, 51), (8, 8), (200, 150), (33, 65)]
 SCORE_TOL = 1e-5
+FLAT_MEMORY_MB = 15  # what 9,000 more queries may add to the peak RSS of `query --batch`
 runner = CliRunner()
 
 
@@ -233,14 +234,17 @@ def test_paths_inside_the_current_folder_print_relative(world, monkeypatch):
 
 
 def _peak_rss_mb(world, batch_file, tmp_path) -> tuple[float, int]:
-    """Run `zscir-infer query --batch` in a fresh process; its peak RSS (MB) and the JSON lines it printed."""
-    import resource
+    """Run `zscir-infer query --batch` in a fresh process; its peak RSS (MB) and the JSON lines it printed.
+
+    The peak is VmHWM of the child's own address space: getrusage's ru_maxrss would carry over the
+    high-water mark of this (forking) pytest process across exec."""
     import subprocess
     import sys
 
-    script = ("import resource, sys; from zscir_infer.cli import app\n"
+    script = ("import re, sys; from zscir_infer.cli import app\n"
               "try:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
-              "print('peak', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+              "hwm = re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)\n"
+              "print('peak', hwm, file=sys.stderr)\n"
               "sys.exit(code)\n")
     out = tmp_path / f"{batch_file.stem}.out"
     with open(out, "w") as stdout:
@@ -249,7 +253,6 @@ def _peak_rss_mb(world, batch_file, tmp_path) -> tuple[float, int]:
                               stdout=stdout, stderr=subprocess.PIPE, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     peak_kb = int(proc.stderr.rsplit("peak", 1)[1].split()[0])
-    assert resource.RUSAGE_SELF is not None
     return peak_kb / 1024, sum(1 for _ in open(out))
 
 
@@ -267,7 +270,8 @@ def test_a_batch_of_10000_queries_completes_in_flat_memory(world, tmp_path):
     large_mb, large_lines = _peak_rss_mb(world, batch(10_000), tmp_path)
     print(f"peak RSS: 1,000 queries {small_mb:.0f} MB, 10,000 queries {large_mb:.0f} MB")
     assert (small_lines, large_lines) == (1000, 10_000)
-    assert large_mb < small_mb + 60
+    # measured 178 -> 184 MB; with all 10,000 queries held at once (no chunking) 178 -> 202 MB
+    assert large_mb < small_mb + FLAT_MEMORY_MB
 
 
 def test_hostile_texts_are_encoded_or_warned_about(world):
