@@ -22,7 +22,7 @@ from zscir_infer.engines import (
 
 REBUILD_HINT = (
     "Engines are specific to a GPU and a TensorRT version: export without --engine here, then build them on "
-    "the deployment machine with `zscir_infer.engines.build_bundle_engines` (torch-free)."
+    "the deployment machine with `zscir-infer engines BUNDLE` (torch-free)."
 )
 
 
