@@ -201,13 +201,6 @@ class RecallTally:
         return {f"R@{kk}": float(v) for kk, v in zip(self.ks, found.mean(0), strict=True)}
 
 
-def recall(results: Sequence[QueryResult], k: int) -> dict[str, float] | None:
-    """Recall@{1,5,10,50} below k, and @k: the share of queries with targets that have one in the top k."""
-    tally = RecallTally(k)
-    tally.add(results)
-    return tally.scores()
-
-
 def sheet_rows(results: Sequence[QueryResult]) -> list[SheetRow]:
     return [SheetRow(r.reference_path, r.request.text, [Hit(h.path, h.score, h.name, h.correct) for h in r.hits],
                      r.method) for r in results]
