@@ -75,20 +75,9 @@ def _run(cmd: list[str], env: dict[str, str]) -> float:
     return time.perf_counter() - start
 
 
-def _kill_after(cmd: list[str], delay: float, env: dict[str, str]) -> int | None:
-    """Start cmd, SIGKILL it after `delay` seconds; its exit code when it ended first, else None."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env=env)
-    try:
-        return proc.wait(timeout=delay)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the process and any worker it started
-        proc.wait()
-        return None
-
-
 def _kill_at_progress(cmd: list[str], reached, extra: float, env: dict[str, str]) -> int | None:
-    """Start cmd, SIGKILL it `extra` seconds after `reached()` turns true (the job is mid-work)."""
+    """Start cmd, SIGKILL it `extra` seconds after `reached()` turns true; its exit code when it ended
+    first, else None."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                             env=env)
     deadline = time.monotonic() + RUN_TIMEOUT
@@ -97,7 +86,7 @@ def _kill_at_progress(cmd: list[str], reached, extra: float, env: dict[str, str]
     try:
         return proc.wait(timeout=extra)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)  # the process and any worker it started
         proc.wait()
         return None
 
@@ -107,7 +96,7 @@ def _kill(cmd: list[str], trial: int, rng: np.random.Generator, seconds: float, 
     (`reached` is a progress condition drawn by the caller), so kills also land mid-write, not only
     while Python imports."""
     if trial % 2 == 0:
-        return _kill_after(cmd, rng.uniform(0, seconds), env)
+        return _kill_at_progress(cmd, lambda: True, rng.uniform(0, seconds), env)
     return _kill_at_progress(cmd, reached, rng.uniform(0, EXTRA_SECONDS), env)
 
 
@@ -198,7 +187,7 @@ def export_trials(work: Path, kills: int, rng: np.random.Generator) -> Outcome:
         if state == "missing" and recover_directory(bundle):  # killed between its two renames
             state = "set aside, restored: " + bundle_state(bundle, previous)
         out.saw(state if code is None else f"finished ({code})")
-        if state.startswith("broken") or state == "missing" or state.endswith("broken"):
+        if "broken" in state or state == "missing":
             out.failures.append(f"trial {trial}: {state}")
     _run([*cmd, "--fp16"], env)
     final = bundle_state(bundle, None)
@@ -285,12 +274,11 @@ def train_state(run: Path, artifact: Path) -> str:
     from zscir_train.training.loop import STATE_FILE
 
     state = run / STATE_FILE
-    if state.exists():
-        torch.load(state, map_location="cpu", weights_only=True)  # complete, or this raises
+    saved = torch.load(state, map_location="cpu", weights_only=True) if state.exists() else None  # raises if partial
     if artifact.exists():
         load_phi_checkpoint(artifact)
         return "finished artifact"
-    return f"resumable at step {torch.load(state, weights_only=True)['step']}" if state.exists() else "no state yet"
+    return f"resumable at step {saved['step']}" if saved is not None else "no state yet"
 
 
 def _weights(path: Path) -> dict[str, np.ndarray]:

@@ -88,8 +88,7 @@ def atomic_directory(path: str | os.PathLike, force: bool = False) -> Iterator[P
     the old one set aside, which the next writer of `path` restores first (`recover_directory`).
     """
     path = Path(path)
-    if path.parent.is_dir():
-        recover_directory(path)
+    recover_directory(path)
     if path.exists() and not force:
         raise FileExistsError(f"{path} already exists: pass --force to replace it, or choose another --out.")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -116,19 +116,18 @@ class PreprocessConfig:
         return cfg
 
 
-# Pillow's decoders fail on damaged files with many exception types (OSError, ValueError, SyntaxError,
-# EOFError, struct.error, ...; the fuzz tests meet them): for an untrusted file any of them means "cannot
-# be decoded", so all are reported as ImageLoadError.
-DECODE_ERRORS = (Exception,)
-
-
 def _decode(fp: BinaryIO | io.BytesIO, name: str, max_pixels: int, exif_transpose: bool) -> Image.Image:
-    """Decode an untrusted file into RGB; every failure is an ImageLoadError naming it."""
+    """Decode an untrusted file into RGB; every failure is an ImageLoadError naming it.
+
+    Pillow's decoders fail on damaged files with many exception types (OSError, ValueError, SyntaxError,
+    EOFError, struct.error, ...; the fuzz tests meet them): for an untrusted file any of them means
+    "cannot be decoded".
+    """
     try:
         image = Image.open(fp)
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"{name} is too large to decode safely ({exc}); downscale the file.") from exc
-    except DECODE_ERRORS as exc:
+    except Exception as exc:
         raise ImageLoadError(f"{name} is not an image Pillow can decode ({exc}); remove or convert it.") from exc
     width, height = image.size
     if width * height > max_pixels:
@@ -139,7 +138,7 @@ def _decode(fp: BinaryIO | io.BytesIO, name: str, max_pixels: int, exif_transpos
     try:
         image.load()
         return _to_rgb(image, exif_transpose)  # a damaged EXIF block fails here
-    except DECODE_ERRORS as exc:
+    except Exception as exc:
         raise ImageLoadError(f"{name} could not be decoded ({exc}): the file is truncated or corrupt.") from exc
 
 

@@ -13,12 +13,10 @@ bare `Image.open` + open_clip would do) is resized with premultiplied alpha and 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from zscir_infer.preprocess import load_image
 from zscir_train.backbone import Backbone
@@ -34,10 +32,6 @@ from zscir_train.composed import (
 
 METHODS = ("phi", "slerp", "image", "text", "average")
 DEFAULT_BATCH_SIZE = 32
-
-
-def _open(image) -> Image.Image:
-    return load_image(image if isinstance(image, Image.Image) else Path(image))
 
 
 class TorchReference:
@@ -71,7 +65,7 @@ class TorchReference:
         """Unnormalized projected image features [N, D] (what phi consumes)."""
         out = []
         for chunk in self._batches(list(images)):
-            pixels = torch.stack([self.backbone.transform(_open(im)) for im in chunk])  # [B, 3, H, W]
+            pixels = torch.stack([self.backbone.transform(load_image(im)) for im in chunk])  # [B, 3, H, W]
             out.append(self.backbone.model.encode_image(pixels))
         return torch.cat(out) if out else torch.empty(0, self.embed_dim)
 

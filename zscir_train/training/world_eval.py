@@ -13,7 +13,6 @@ the TAT-tuned encoder, and the image-only, text-only and average baselines of th
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
@@ -22,6 +21,7 @@ import typer
 from rich.console import Console
 
 from zscir_infer.atomic import atomic_write_json, atomic_write_text
+from zscir_infer.cli import shown_path
 from zscir_infer.eval import circo, cirr
 from zscir_infer.eval.harness import Harness
 from zscir_infer.eval.templates import default_template, prompt_style
@@ -32,14 +32,6 @@ from zscir_train.training.validation import DeviceReference
 
 TABLE = (("cirr", "R@1"), ("cirr", "R@5"), ("cirr", "R@10"), ("circo", "mAP@5"), ("circo", "mAP@10"))
 BATCH_SIZE = 128
-
-
-def _shown(path: str | None) -> str | None:
-    """A path as a report records it: relative to the current folder when inside it (no machine paths)."""
-    if path is None or not Path(path).is_absolute():
-        return path
-    relative = os.path.relpath(path)
-    return path if relative.startswith(os.pardir) else relative
 
 
 def world_test_splits(world: Path) -> tuple[cirr.CirrSplit, circo.CircoSplit]:
@@ -108,7 +100,7 @@ def score_world(world: Path, model: str, pretrained: str | None, lincir: Path | 
         rows["slerp+tat"] = {"metrics": scorer.score(tuned, "tat", "slerp"), "artifact": str(tat), "run": run_record(tat)}
     for method in ("image", "text", "average"):
         rows[method] = {"metrics": scorer.score(base, "base", method)}
-    return {"world": str(world), "backbone": {"name": model, "pretrained": _shown(pretrained)}, "slerp_alpha": alpha,
+    return {"world": str(world), "backbone": {"name": model, "pretrained": pretrained and shown_path(pretrained)}, "slerp_alpha": alpha,
             "queries": {"cirr_test1": len(scorer.cirr.queries), "circo_test": len(scorer.circo.queries)},
             "gallery": {"cirr_test1": len(scorer.cirr.gallery), "circo_test": len(scorer.circo.gallery)}, "rows": rows}
 
