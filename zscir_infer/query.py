@@ -178,27 +178,24 @@ def _target_set(request: QueryRequest, base_dir: Path | None) -> set | None:
 
 
 class RecallTally:
-    """Recall@{1,5,10,50} below k, and @k, over queries seen a chunk at a time (a few bools per query kept)."""
+    """Recall@{1,5,10,50} below k, and @k, over queries seen a chunk at a time (counts only)."""
 
     def __init__(self, k: int):
         self.ks = [kk for kk in RECALL_KS if kk < k] + [k]
-        self.found: list[np.ndarray] = []  # per chunk [judged, len(ks)] bool
+        self.found = np.zeros(len(self.ks), dtype=np.int64)  # queries with a target in the top kk, per kk
+        self.judged = 0  # queries with targets
 
     def add(self, results: Sequence[QueryResult]) -> None:
-        judged = [r for r in results if r.request.targets is not None]
-        self.found.append(np.array([[any(h.correct for h in r.hits[:kk]) for kk in self.ks] for r in judged],
-                                   dtype=bool).reshape(len(judged), len(self.ks)))
-
-    @property
-    def judged(self) -> int:
-        return sum(len(f) for f in self.found)
+        for r in results:
+            if r.request.targets is not None:
+                self.judged += 1
+                self.found += [any(h.correct for h in r.hits[:kk]) for kk in self.ks]
 
     def scores(self) -> dict[str, float] | None:
         """The share of queries with targets that have one in the top kk, per kk; None when none has targets."""
         if not self.judged:
             return None
-        found = np.concatenate(self.found)  # [Q, len(ks)]
-        return {f"R@{kk}": float(v) for kk, v in zip(self.ks, found.mean(0), strict=True)}
+        return {f"R@{kk}": float(n / self.judged) for kk, n in zip(self.ks, self.found, strict=True)}
 
 
 def sheet_rows(results: Sequence[QueryResult]) -> list[SheetRow]:
