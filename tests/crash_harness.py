@@ -220,8 +220,11 @@ def index_trials(work: Path, kills: int, rng: np.random.Generator) -> Outcome:
         _run(_python("zscir_export.cli", "--ckpt", str(ckpt), "--out", str(bundle), "--quiet"), env)
     images = make_images(work / "images")
     out = Outcome("zscir-infer index SRC --bundle B --out G")
-    cmd = lambda g: _python("zscir_infer.cli", "index", str(images), "--bundle", str(bundle), "--out", str(g),  # noqa: E731
-                            "--batch-size", "4", "--workers", "2")
+
+    def cmd(gallery: Path) -> list[str]:
+        return _python("zscir_infer.cli", "index", str(images), "--bundle", str(bundle), "--out", str(gallery),
+                       "--batch-size", "4", "--workers", "2")
+
     clean = work / "gallery-clean"
     out.seconds_uninterrupted = _run(cmd(clean), env)
     killed = work / "gallery-killed"
