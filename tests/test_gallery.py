@@ -13,16 +13,11 @@ import numpy as np
 import pytest
 
 from tests.fixtures.gallery import brute_force, clustered_unit_vectors, kill_when_stored
-from zscir_infer.gallery import (
-    FEATURES,
-    METADATA,
-    Gallery,
-    GalleryBundleMismatch,
-    GalleryError,
-    plan_additions,
-)
+from zscir_infer.gallery import METADATA, Gallery, GalleryBundleMismatch, GalleryError
+from zscir_infer.indexing import plan_additions
 from zscir_infer.search import IndexSpecError
 from zscir_infer.sources import ImageEntry
+from zscir_infer.stores.faiss_sqlite import FEATURES
 
 D_DIM = 32
 BUNDLE = "bundle-a"

@@ -15,7 +15,8 @@ from tests.fixtures.eval_layouts import CIRR_NAMES, make_cirr
 from tests.fixtures.gallery import kill_when_stored, make_messy_folder, write_image
 from zscir_infer import Runtime
 from zscir_infer.cli import app
-from zscir_infer.gallery import FEATURES, Gallery
+from zscir_infer.gallery import Gallery
+from zscir_infer.stores.faiss_sqlite import FEATURES
 
 FEATURE_TOL = 1e-6
 runner = CliRunner()
@@ -157,7 +158,8 @@ def test_error_paths_say_what_to_do(tmp_path, tiny_bundle, args, message):
     args = [a.format(tmp=tmp_path) for a in args]
     defaults = [] if "--bundle" in args else ["--bundle", str(tiny_bundle)]
     result = index(*args, *defaults, *([] if "--out" in args else ["--out", str(tmp_path / "g")]))
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == (2 if not args else 1), result.output  # 2: a usage error, 1: bad input
+    assert result.stderr.startswith("Error: ")
     assert message in " ".join(result.stderr.split()), result.stderr
 
 

@@ -12,11 +12,10 @@ import open_clip
 import pytest
 from PIL import Image, ImageOps
 
+from zscir_infer.contract import PreprocessConfig, PreprocessConfigError
 from zscir_infer.preprocess import (
     ImageLoadError,
     ImageTooLargeError,
-    PreprocessConfig,
-    PreprocessConfigError,
     load_and_preprocess,
     load_image,
     preprocess,

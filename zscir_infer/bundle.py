@@ -25,21 +25,31 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path, PurePosixPath
 
 import jsonschema
 
 from zscir_infer.atomic import atomic_write_json
-from zscir_infer.preprocess import PreprocessConfig
+from zscir_infer.contract import (
+    BUNDLE_FORMAT as FORMAT,
+)
+from zscir_infer.contract import (
+    BUNDLE_FORMAT_VERSION as FORMAT_VERSION,
+)
+from zscir_infer.contract import (
+    IMAGE_ENCODER,
+    MANIFEST,
+    MANIFEST_SCHEMA,
+    PHI,
+    PRECISIONS,
+    QUERY_ENCODER,
+    SLERP,
+    PreprocessConfig,
+    manifest_schema_path,
+    sha256_file,
+)
+from zscir_infer.errors import ZscirError
 
-MANIFEST = "manifest.json"
-SCHEMA = "manifest.schema.json"
-FORMAT = "zscir-bundle"
-FORMAT_VERSION = 1  # the newest bundle layout this runtime reads
-HASH_CHUNK = 1 << 22
-GRAPH_NAMES = ("image_encoder", "query_encoder", "text_encoder")
-PRECISIONS = ("fp32", "fp16", "int8")
 NO_PHI = ": it composes queries without phi (use method slerp, image, text or average)"
 REMEDY = "re-export the bundle with `zscir-export`, or download it again"
 CACHE_ENV = "ZSCIR_CACHE_DIR"
@@ -48,16 +58,8 @@ RACY_SECONDS = 2.0
 CTIME = 4  # index of st_ctime_ns in a file state
 
 
-class BundleError(ValueError):
+class BundleError(ZscirError, ValueError):
     """A bundle cannot be used; the message names the file or field and what to do."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def cache_root() -> Path:
@@ -134,10 +136,10 @@ class EngineSpec:
 
 def _load_schema() -> dict:
     try:
-        text = resources.files("zscir_infer").joinpath(SCHEMA).read_text(encoding="utf-8")
+        text = manifest_schema_path().read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise BundleError(
-            f"zscir_infer/{SCHEMA} is missing from this installation: reinstall zscir."
+            f"zscir_infer/{MANIFEST_SCHEMA} is missing from this installation: reinstall zscir."
         ) from exc
     return json.loads(text)
 
@@ -254,12 +256,12 @@ class Bundle:
 
     @property
     def has_phi(self) -> bool:
-        return any(name == "query_encoder" for name, _ in self.graphs)
+        return any(name == QUERY_ENCODER for name, _ in self.graphs)
 
     @property
     def default_method(self) -> str:
         """What a query runs unless told otherwise: phi when the bundle has a query encoder, else slerp."""
-        return "phi" if self.has_phi else "slerp"
+        return PHI if self.has_phi else SLERP
 
     @property
     def bundle_id(self) -> str:
@@ -277,7 +279,7 @@ class Bundle:
         backbone), so a gallery can be kept across them.
         """
         return _digest({
-            "image_encoder": self.graph("image_encoder", "fp32").file.sha256,
+            "image_encoder": self.graph(IMAGE_ENCODER, "fp32").file.sha256,
             "preprocess": self.preprocess.to_dict(),
         })
 
@@ -288,7 +290,7 @@ class Bundle:
         if (name, precision) not in self.graphs:
             if not self.precisions(name):
                 raise BundleError(f"Bundle {self.path} (method {self.method}) has no {name} graph"
-                                  + (NO_PHI if name == "query_encoder" else f"; {REMEDY}."))
+                                  + (NO_PHI if name == QUERY_ENCODER else f"; {REMEDY}."))
             raise BundleError(
                 f"Bundle {self.path} has no {precision} {name} (it has {self.precisions(name)}): choose one of "
                 f"those precisions, or export the bundle with {precision}."

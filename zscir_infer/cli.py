@@ -19,69 +19,56 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
-from zscir_infer.backends import BackendError
-from zscir_infer.bundle import BundleError, load_bundle
-from zscir_infer.gallery import Gallery, GalleryError
-from zscir_infer.index_cli import DEFAULT_BUNDLE, DEFAULT_GALLERY
+from zscir_infer.bundle import load_bundle
+from zscir_infer.cli_style import (
+    DEFAULT_BUNDLE,
+    DEFAULT_GALLERY,
+    Backend,
+    BatchSize,
+    BundleDir,
+    Device,
+    GalleryDir,
+    JsonOutput,
+    Precision,
+    Profile,
+    Threads,
+    command,
+    console,
+    err_console,
+)
+from zscir_infer.contract import METHODS
+from zscir_infer.errors import UsageError, ZscirError
+from zscir_infer.gallery import Gallery
 from zscir_infer.index_cli import register as register_index
-from zscir_infer.preprocess import ImageLoadError
-from zscir_infer.query import QueryError, QueryRequest, RecallTally, read_batch, run_queries, sheet_rows
+from zscir_infer.query import QueryRequest, QueryResult, RecallTally, iter_queries, read_batch
 from zscir_infer.runtime import DEFAULT_BATCH_SIZE, Runtime
-from zscir_infer.tokenizer import TokenizerError
 
-EXIT_ERROR = 1
 MAX_ECHOED_BATCH = 50  # queries printed in full; a larger batch prints its summary only
 MAX_SHEET_ROWS = 50  # queries drawn on a contact sheet (the first ones): a sheet is for looking at
-QUERY_CHUNK = 1024  # queries encoded, searched and written at a time: memory stays flat for any --batch
 
 app = typer.Typer(
     help="Zero-shot composed image retrieval with a zscir bundle: query a gallery, index images, inspect bundles.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-console = Console(highlight=False, soft_wrap=True)  # soft wrap: long paths stay on one line in pipes
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
-
-class Method(str, Enum):
-    phi = "phi"
-    slerp = "slerp"
-    image = "image"
-    text = "text"
-    average = "average"
-
-
-BundleDir = Annotated[Path, typer.Option("--bundle", "-b", envvar="ZSCIR_BUNDLE", help="The bundle directory.")]
-GalleryDir = Annotated[Path, typer.Option("--gallery", "-g", envvar="ZSCIR_GALLERY", help="The gallery directory.")]
-Backend = Annotated[str, typer.Option("--backend", help="ort (ONNX Runtime) or trt (native TensorRT engines).")]
-Device = Annotated[str, typer.Option("--device", help="cpu, cuda[:N], or tensorrt[:N] (ONNX Runtime's TensorRT EP).")]
-Precision = Annotated[str, typer.Option("--precision", help="Graph variant: fp32, fp16 or int8 (as exported).")]
-BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images or texts per encoder call.")]
-Threads = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads per graph (default: all cores).")]
-
-RUNTIME_ERRORS = (BundleError, BackendError, GalleryError, QueryError, ImageLoadError, TokenizerError, ValueError)
-
-
-def fail(message: str) -> None:
-    err_console.print(f"[red]Error:[/red] {escape(message)}")
-    raise typer.Exit(EXIT_ERROR)
+Method = Enum("Method", {m: m for m in METHODS}, type=str)
 
 
 def check_bundle_dir(bundle: Path) -> None:
     if not (bundle / "manifest.json").is_file():
         default = " (the default; set ZSCIR_BUNDLE or pass --bundle)" if bundle == DEFAULT_BUNDLE else ""
-        fail(f"No bundle at {bundle}{default}. Run `make demo` to build the demo's bundle, or export one with "
-             "`zscir-export`.")
+        raise ZscirError(f"No bundle at {bundle}{default}. Run `make demo` to build the demo's bundle, or export one "
+                         "with `zscir-export`.")
 
 
 def check_gallery_dir(gallery: Path) -> None:
     if not (gallery / "gallery.json").is_file():
         default = " (the default; set ZSCIR_GALLERY or pass --gallery)" if gallery == DEFAULT_GALLERY else ""
-        fail(f"No gallery at {gallery}{default}. Build one with `zscir-infer index IMAGES --out {gallery}`, "
-             "or run `make demo`.")
+        raise ZscirError(f"No gallery at {gallery}{default}. Build one with `zscir-infer index IMAGES --out {gallery}`, "
+                         "or run `make demo`.")
 
 
 def shown_path(path: str) -> str:
@@ -90,7 +77,7 @@ def shown_path(path: str) -> str:
     return path if relative.startswith(os.pardir) else relative
 
 
-def print_results(results) -> None:
+def print_results(results: list[QueryResult]) -> None:
     for number, result in enumerate(results, start=1):
         request = result.request
         label = escape(f"[{request.id}] ") if request.id is not None else ""
@@ -111,7 +98,7 @@ def print_recall(tally: RecallTally, method: str) -> None:
                       + "  ".join(f"{name} {value:.3f}" for name, value in scores.items()))
 
 
-@app.command("query")
+@command(app, "query")
 def query(
     reference: Annotated[str | None, typer.Argument(
         help="The reference image: a file, or the name of a gallery image.", show_default=False)] = None,
@@ -123,11 +110,15 @@ def query(
         "--method", help="phi (the bundle's pseudo-token encoder), slerp, or a baseline: image, text, average. "
         "Default: phi, or slerp for a slerp bundle.", show_default=False)] = None,
     template: Annotated[str | None, typer.Option(
-        "--template", help="phi prompt with the placeholder and {caption}, or a template name from the bundle.")] = None,
+        "--template", help="phi prompt with {caption} and {placeholder} (or the placeholder written out, e.g. "
+        "'a photo of $ that {caption}'), or a template name from the bundle.")] = None,
     alpha: Annotated[float | None, typer.Option(
         "--alpha", min=0.0, max=1.0, help="slerp text weight (default: the bundle's).")] = None,
     exclude_ref: Annotated[bool, typer.Option(
         "--exclude-ref", help="Leave the reference image out of the results (CIRR's protocol).")] = False,
+    filter: Annotated[str | None, typer.Option(
+        "--filter", help="Only results whose metadata match, e.g. 'path like \"photos/2024/%\"' or "
+        "'name in [\"a.jpg\", \"b.jpg\"]'.", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per query on stdout.")] = False,
     show: Annotated[Path | None, typer.Option(
         "--show", help="Write a contact sheet of the queries and results: .png or .html.")] = None,
@@ -141,63 +132,56 @@ def query(
 ) -> None:
     """Retrieve the gallery images that match REFERENCE changed as TEXT says; prints rank, score and path."""
     if batch is None and (reference is None or text is None):
-        raise typer.BadParameter("Give REFERENCE and TEXT, or --batch FILE.")
+        raise UsageError("Give REFERENCE and TEXT, or --batch FILE.")
     if batch is not None and (reference is not None or text is not None):
-        raise typer.BadParameter("Give either REFERENCE and TEXT, or --batch FILE, not both.")
+        raise UsageError("Give either REFERENCE and TEXT, or --batch FILE, not both.")
     if show is not None and show.suffix.lower() not in (".png", ".html"):
-        raise typer.BadParameter(f"--show {show}: use a .png or .html file name.")
+        raise UsageError(f"--show {show}: use a .png or .html file name.")
     check_bundle_dir(bundle)
     check_gallery_dir(gallery)
-    try:
-        requests = read_batch(batch) if batch else [QueryRequest(reference, text)]
-        tally, shown, sheet = RecallTally(k), [], []
-        with Runtime(bundle, backend, device, precision, batch_size, threads) as runtime, \
-                Gallery.open(gallery, bundle_id=runtime.bundle_id) as g:
-            used_method = method.value if method else runtime.default_method
-            for start in range(0, len(requests), QUERY_CHUNK):
-                results = run_queries(runtime, g, requests[start:start + QUERY_CHUNK], k=k, method=used_method,
-                                      template=template, alpha=alpha, exclude_ref=exclude_ref,
-                                      base_dir=batch.parent if batch else None)
-                tally.add(results)
-                if as_json:
-                    for result in results:
-                        typer.echo(json.dumps(result.to_json(), ensure_ascii=False))
-                elif len(requests) <= MAX_ECHOED_BATCH:
-                    shown += results
-                sheet += results[:MAX_SHEET_ROWS - len(sheet)] if show is not None else []
-    except RUNTIME_ERRORS as exc:
-        fail(str(exc))
+    requests = read_batch(batch) if batch else [QueryRequest(reference, text)]
+    tally, shown, sheet = RecallTally(k), [], []
+    with Runtime(bundle, backend, device, precision, batch_size, threads) as runtime, \
+            Gallery.open(gallery, bundle_id=runtime.bundle_id) as g:
+        used_method = method.value if method else runtime.default_method
+        for results in iter_queries(runtime, g, requests, k=k, method=used_method, template=template, alpha=alpha,
+                                    exclude_ref=exclude_ref, filter=filter,
+                                    base_dir=batch.parent if batch else None):
+            tally.add(results)
+            if as_json:
+                for result in results:
+                    typer.echo(json.dumps(result.to_json(), ensure_ascii=False))
+            elif len(requests) <= MAX_ECHOED_BATCH:
+                shown += results
+            sheet += results[:MAX_SHEET_ROWS - len(sheet)] if show is not None else []
     if not as_json:
         print_results(shown)
         print_recall(tally, used_method)
     if show is not None:
         from zscir_infer.contact_sheet import write_contact_sheet
 
-        write_contact_sheet(show, sheet_rows(sheet))
+        write_contact_sheet(show, sheet)
         more = f" (the first {len(sheet)} of {len(requests)} queries)" if len(requests) > len(sheet) else ""
         err_console.print(f"contact sheet: {show}{more}")
 
 
-@app.command("bundle-info")
+@command(app, "bundle-info")
 def bundle_info(
     bundle: Annotated[Path, typer.Argument(envvar="ZSCIR_BUNDLE", help="The bundle directory.")] = DEFAULT_BUNDLE,
     backend: Backend = "ort",
     device: Device = "cpu",
     precision: Precision = "fp32",
     verify: Annotated[bool, typer.Option(help="Hash every file now and check its sha256.")] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    as_json: JsonOutput = False,
 ) -> None:
     """What a bundle holds (method, backbone, prompts, preprocessing, graphs) and which providers run it."""
     check_bundle_dir(bundle)
-    try:
-        loaded = load_bundle(bundle)
-        if verify:
-            loaded.verify_all(rehash=True)
-        summary = loaded.summary()
-        with Runtime(loaded, backend, device, precision) as runtime:
-            summary["providers"] = runtime.providers_used()
-    except RUNTIME_ERRORS as exc:
-        fail(str(exc))
+    loaded = load_bundle(bundle)
+    if verify:
+        loaded.verify_all(rehash=True)
+    summary = loaded.summary()
+    with Runtime(loaded, backend, device, precision) as runtime:
+        summary["providers"] = runtime.providers_used()
     summary["verified"] = verify
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
@@ -226,25 +210,20 @@ def summary_lines(summary: dict, runner: str) -> list[str]:
     return lines
 
 
-@app.command("engines")
+@command(app, "engines")
 def engines(
     bundle: Annotated[Path, typer.Argument(envvar="ZSCIR_BUNDLE", help="The bundle directory.")] = DEFAULT_BUNDLE,
     precision: Annotated[list[str], typer.Option(
         "--precision", help="Engine precision(s): fp16, fp32 (repeat the option for both).")] = ["fp16"],  # noqa: B006
-    profile: Annotated[list[str] | None, typer.Option(
-        "--profile", help="Batch profile NAME:MIN,OPT,MAX, repeatable (default latency:1,1,8 and "
-        "throughput:1,32,128).", show_default=False)] = None,
+    profile: Profile = None,
 ) -> None:
     """Build TensorRT engines for this machine's GPU from a bundle's ONNX graphs and record them in it."""
-    from zscir_infer.engines import DEFAULT_PROFILES, EngineError, add_engines_to_bundle, parse_profile
+    from zscir_infer.engines import DEFAULT_PROFILES, add_engines_to_bundle, parse_profile
 
     check_bundle_dir(bundle)
-    try:
-        load_bundle(bundle).verify_all()
-        profiles = tuple(parse_profile(p) for p in profile) if profile else DEFAULT_PROFILES
-        manifest = add_engines_to_bundle(bundle, tuple(precision), profiles)
-    except (*RUNTIME_ERRORS, EngineError) as exc:
-        fail(str(exc))
+    load_bundle(bundle).verify_all()
+    profiles = tuple(parse_profile(p) for p in profile) if profile else DEFAULT_PROFILES
+    manifest = add_engines_to_bundle(bundle, tuple(precision), profiles)
     for e in manifest["engines"]:
         typer.echo(f"engine {e['graph']} {e['precision']}: {e['file']} (TensorRT {e['tensorrt_version']}, "
                    f"compute capability {e['compute_capability']})")

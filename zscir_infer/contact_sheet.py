@@ -1,6 +1,6 @@
 """Contact sheets: each composed query's reference image and text, then its top-k results, as PNG or HTML.
 
-One row per query. A result's frame is green when it is a known target, red when the query has
+One row per query (a `zscir_infer.query.QueryResult`, drawn directly). A result's frame is green when it is a known target, red when the query has
 targets and this is not one of them, grey when correctness is unknown. The HTML file embeds its
 thumbnails (PNG data URIs), so it can be moved or mailed alone.
 """
@@ -13,13 +13,17 @@ import io
 import os
 import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from zscir_infer.atomic import atomic_write_bytes, atomic_write_text
+from zscir_infer.errors import InputError
 from zscir_infer.preprocess import load_image
+
+if TYPE_CHECKING:
+    from zscir_infer.query import QueryResult
 
 THUMB = 128  # thumbnail side in pixels
 PAD = 8
@@ -33,22 +37,6 @@ FRAME = {True: (30, 160, 60), False: (200, 40, 40), None: (170, 170, 170)}
 QUERY_FRAME = (40, 90, 200)
 CHARS_PER_LINE = THUMB // 7
 FORMATS = (".png", ".html")
-
-
-@dataclass
-class Hit:
-    path: str
-    score: float
-    name: str = ""
-    correct: bool | None = None  # None: the query has no known targets
-
-
-@dataclass
-class SheetRow:
-    reference: str | os.PathLike  # the query image
-    text: str
-    hits: list[Hit] = field(default_factory=list)
-    method: str = ""
 
 
 def _thumbnail(source) -> Image.Image:
@@ -79,7 +67,7 @@ def _cell(draw: ImageDraw.ImageDraw, sheet: Image.Image, x: int, y: int, tile: I
         draw.text((x, y + THUMB + BORDER + 2 + i * LINE_HEIGHT), line, fill=INK, font=font)
 
 
-def render_png(rows: Sequence[SheetRow]) -> Image.Image:
+def render_png(rows: Sequence[QueryResult]) -> Image.Image:
     columns = 1 + max((len(r.hits) for r in rows), default=0)
     cell_w = THUMB + 2 * BORDER + PAD
     cell_h = THUMB + 2 * BORDER + CAPTION_LINES * LINE_HEIGHT + PAD
@@ -88,7 +76,7 @@ def render_png(rows: Sequence[SheetRow]) -> Image.Image:
     font = ImageFont.load_default(size=FONT_SIZE)
     for r, row in enumerate(rows):
         y = PAD + BORDER + r * cell_h
-        _cell(draw, sheet, PAD + BORDER, y, _thumbnail(row.reference), QUERY_FRAME, f"+ {row.text}", font)
+        _cell(draw, sheet, PAD + BORDER, y, _thumbnail(row.reference_path), QUERY_FRAME, f"+ {row.request.text}", font)
         for c, hit in enumerate(row.hits, start=1):
             label = f"#{c} {hit.score:.3f} {hit.name or Path(hit.path).stem}"
             _cell(draw, sheet, PAD + BORDER + c * cell_w, y, _thumbnail(hit.path), FRAME[hit.correct], label, font)
@@ -105,7 +93,7 @@ def _rgb(color) -> str:
     return "#" + "".join(f"{c:02x}" for c in color)
 
 
-def render_html(rows: Sequence[SheetRow], title: str = "zscir composed queries") -> str:
+def render_html(rows: Sequence[QueryResult], title: str = "zscir composed queries") -> str:
     out = [
         "<!doctype html>", "<meta charset='utf-8'>", f"<title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif}td{vertical-align:top;padding:4px;width:"
@@ -114,8 +102,8 @@ def render_html(rows: Sequence[SheetRow], title: str = "zscir composed queries")
     ]
     for row in rows:
         method = f" <i>({html.escape(row.method)})</i>" if row.method else ""
-        cells = [f"<td><img src='{_data_uri(row.reference)}' style='border-color:{_rgb(QUERY_FRAME)}' "
-                 f"title='{html.escape(str(row.reference), quote=True)}'>+ {html.escape(row.text)}{method}</td>"]
+        cells = [f"<td><img src='{_data_uri(row.reference_path)}' style='border-color:{_rgb(QUERY_FRAME)}' "
+                 f"title='{html.escape(str(row.reference_path), quote=True)}'>+ {html.escape(row.request.text)}{method}</td>"]
         for rank, hit in enumerate(row.hits, start=1):
             mark = {True: " ✓", False: "", None: ""}[hit.correct]
             cells.append(
@@ -128,12 +116,12 @@ def render_html(rows: Sequence[SheetRow], title: str = "zscir composed queries")
     return "\n".join(out) + "\n"
 
 
-def write_contact_sheet(out: str | os.PathLike, rows: Sequence[SheetRow]) -> Path:
+def write_contact_sheet(out: str | os.PathLike, rows: Sequence[QueryResult]) -> Path:
     """Write the sheet as PNG or HTML, chosen by the file suffix; atomically."""
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix not in FORMATS:
-        raise ValueError(f"Contact sheet {out}: use a .png or .html file name.")
+        raise InputError(f"Contact sheet {out}: use a .png or .html file name.")
     if suffix == ".png":
         buffer = io.BytesIO()
         render_png(rows).save(buffer, format="PNG")

@@ -25,6 +25,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from zscir_infer.atomic import atomic_path, atomic_write_bytes
+from zscir_infer.contract import sha256_file
+from zscir_infer.errors import ZscirError
 
 BATCH = "batch"  # the dynamic axis name in the manifest's shapes
 ENGINE_PRECISIONS = ("fp32", "fp16")  # int8 engines need Q/DQ graphs (explicit quantization): not exported
@@ -35,7 +37,7 @@ FP32_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX", "REDUCE")  # kept fp32 in a 10.x
 INSTALL_TRT = "install the GPU extra (`pip install 'zscir[gpu]'`) on a machine with an NVIDIA GPU"
 
 
-class EngineError(RuntimeError):
+class EngineError(ZscirError, RuntimeError):
     """An engine cannot be planned or built; the message says what to change."""
 
 
@@ -258,14 +260,6 @@ def build_engine(onnx_path: Path, inputs: list[dict], plan: BuildPlan, profiles:
     return bytes(memoryview(serialized))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def build_bundle_engines(bundle_dir: Path, manifest: dict, precisions: tuple[str, ...] = ("fp16",),
                          profiles: tuple[Profile, ...] = DEFAULT_PROFILES, graphs: tuple[str, ...] | None = None,
                          timing_cache_dir: Path | None = None, reuse: bool = True) -> list[dict]:
@@ -297,7 +291,7 @@ def build_bundle_engines(bundle_dir: Path, manifest: dict, precisions: tuple[str
                 data = build_engine(bundle_dir / source["file"], source["inputs"], plan, profiles, timing_cache)
                 atomic_write_bytes(cached, data)
             atomic_write_bytes(bundle_dir / file, data)
-            entries.append(engine_entry(graph, precision, file, _sha256(bundle_dir / file), key, version,
+            entries.append(engine_entry(graph, precision, file, sha256_file(bundle_dir / file), key, version,
                                         capability, profiles, plan, source["file"]))
     return entries
 

@@ -33,87 +33,30 @@ import functools
 import io
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from zscir_infer.contract import PreprocessConfig
+from zscir_infer.errors import ZscirError
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own warning limit (about 0.25 GB of RGB pixels)
 EXIF_ORIENTATION_TAG = 0x0112
 UINT8_MAX = 255
 UINT16_TO_UINT8 = 257  # 65535 / 255: the full 16-bit range onto the full 8-bit range
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
-RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
-RESIZE_MODES = ("shortest", "squash", "longest")
-CONFIG_KEYS = ("image_size", "mean", "std", "interpolation", "resize_mode", "fill_color")
-CROP_BY_RESIZE_MODE = {"shortest": "center", "squash": "none", "longest": "center_or_pad"}
+RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}  # contract.INTERPOLATIONS
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Image.Image
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(ZscirError, ValueError):
     """An image cannot be read; the message names the source and what to do."""
 
 
 class ImageTooLargeError(ImageLoadError):
     """An image has more pixels than allowed (a decompression bomb, or a raise of max_pixels is needed)."""
-
-
-class PreprocessConfigError(ValueError):
-    """A preprocessing config (from a manifest) is invalid; the message names the field."""
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """open_clip's eval transform as data; the bundle manifest stores `to_dict()`."""
-
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bicubic"
-    resize_mode: str = "shortest"
-    fill_color: int = 0
-
-    def __post_init__(self):
-        if not isinstance(self.image_size, int) or self.image_size <= 0:
-            raise PreprocessConfigError(f"preprocess.image_size must be a positive int, got {self.image_size!r}.")
-        for name in ("mean", "std"):
-            value = getattr(self, name)
-            if len(value) != 3:
-                raise PreprocessConfigError(f"preprocess.{name} must have 3 values (R, G, B), got {value!r}.")
-            object.__setattr__(self, name, tuple(float(v) for v in value))
-        if any(s <= 0 for s in self.std):
-            raise PreprocessConfigError(f"preprocess.std must be positive, got {self.std!r}.")
-        if self.interpolation not in RESAMPLE:
-            raise PreprocessConfigError(
-                f"preprocess.interpolation {self.interpolation!r} is not one of {sorted(RESAMPLE)}."
-            )
-        if self.resize_mode not in RESIZE_MODES:
-            raise PreprocessConfigError(f"preprocess.resize_mode {self.resize_mode!r} is not one of {RESIZE_MODES}.")
-
-    @property
-    def crop(self) -> str:
-        return CROP_BY_RESIZE_MODE[self.resize_mode]
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "mean": list(self.mean), "std": list(self.std), "crop": self.crop}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> PreprocessConfig:
-        fields = {k: v for k, v in d.items() if k != "crop"}
-        unknown = set(fields) - set(CONFIG_KEYS)
-        if unknown:
-            raise PreprocessConfigError(f"preprocess has unknown keys {sorted(unknown)}; expected {CONFIG_KEYS}.")
-        missing = {"image_size", "mean", "std"} - set(fields)
-        if missing:
-            raise PreprocessConfigError(f"preprocess lacks {sorted(missing)}; the manifest is incomplete.")
-        cfg = cls(**fields)
-        if "crop" in d and d["crop"] != cfg.crop:
-            raise PreprocessConfigError(
-                f"preprocess.crop {d['crop']!r} contradicts resize_mode {cfg.resize_mode!r} (crop {cfg.crop!r})."
-            )
-        return cfg
 
 
 def _decode(fp: BinaryIO | io.BytesIO, name: str, max_pixels: int, exif_transpose: bool) -> Image.Image:

@@ -12,22 +12,23 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from zscir_infer.contact_sheet import Hit, SheetRow
-from zscir_infer.gallery import Gallery
+from zscir_infer.errors import ZscirError
+from zscir_infer.gallery import Gallery, file_key
 from zscir_infer.runtime import Runtime
 
 RECALL_KS = (1, 5, 10, 50)
+QUERY_CHUNK = 1024  # queries encoded, searched and returned at a time: memory stays flat for any batch
 CSV_LIST_SEPARATOR = ";"
 TEXT_FIELDS = ("text", "caption")
 
 
-class QueryError(ValueError):
+class QueryError(ZscirError, ValueError):
     """A query or batch file cannot be run; the message names the line or file and what to fix."""
 
 
@@ -127,13 +128,46 @@ def resolve_references(requests: Sequence[QueryRequest], gallery: Gallery, base_
     return resolved
 
 
-def _file_key(path: str) -> tuple | str:
-    """One key per file: (device, inode), so hard links and symlinks match; the real path if absent."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return os.path.realpath(path)
-    return st.st_dev, st.st_ino
+def iter_queries(
+    runtime: Runtime,
+    gallery: Gallery,
+    requests: Sequence[QueryRequest],
+    *,
+    k: int = 10,
+    method: str | None = None,
+    template: str | None = None,
+    alpha: float | None = None,
+    exclude_ref: bool = False,
+    filter: str | None = None,
+    base_dir: Path | None = None,
+    chunk_size: int = QUERY_CHUNK,
+) -> Iterator[list[QueryResult]]:
+    """`run_queries` a chunk at a time: the results of each chunk_size requests, as soon as they exist.
+
+    Memory stays flat for any number of requests: only one chunk is decoded, encoded and searched at once.
+    """
+    if k < 1:
+        raise QueryError(f"k must be at least 1, got {k}.")
+    method = method or runtime.default_method
+    for start in range(0, len(requests), chunk_size):
+        chunk = requests[start : start + chunk_size]
+        references = resolve_references(chunk, gallery, base_dir)
+        xq = runtime.encode_queries(list(zip(references, [r.text for r in chunk], strict=True)), method=method,
+                                    template=template, alpha=alpha)  # [Q, D]
+        exclude = gallery.ids_of_files(references) if exclude_ref else None
+        scores, ids, items = gallery.search_items(xq, k, exclude=exclude, filter=filter)
+        results = []
+        for request, reference, row_scores, row_ids, row_items in zip(chunk, references, scores, ids, items,
+                                                                       strict=True):
+            result = QueryResult(request, reference, method)
+            targets = _target_set(request, base_dir)
+            for score, i, item in zip(row_scores, row_ids, row_items, strict=True):
+                if item is None:
+                    continue
+                correct = None if targets is None else (item.name in targets or file_key(item.path) in targets)
+                result.hits.append(QueryHit(len(result.hits) + 1, float(score), int(i), item.name, item.path, correct))
+            results.append(result)
+        yield results
 
 
 def run_queries(
@@ -146,27 +180,23 @@ def run_queries(
     template: str | None = None,
     alpha: float | None = None,
     exclude_ref: bool = False,
+    filter: str | None = None,
     base_dir: Path | None = None,
+    chunk_size: int = QUERY_CHUNK,
 ) -> list[QueryResult]:
-    """Encode every request in batches, search the gallery once, and mark known targets."""
-    method = method or runtime.default_method
-    references = resolve_references(requests, gallery, base_dir)
-    xq = runtime.encode_queries(list(zip(references, [r.text for r in requests], strict=True)), method=method,
-                                template=template, alpha=alpha)  # [Q, D]
-    scores, ids, _ = gallery.search(xq, k + 1 if exclude_ref else k)
-    items = gallery.items(ids.ravel())
-    results = []
-    for request, reference, row_scores, row_ids in zip(requests, references, scores, ids, strict=True):
-        result = QueryResult(request, reference, method)
-        targets, reference_key = _target_set(request, base_dir), _file_key(reference)
-        for score, i in zip(row_scores, row_ids, strict=True):
-            if i < 0 or (exclude_ref and _file_key(items[i].path) == reference_key) or len(result.hits) == k:
-                continue
-            item = items[int(i)]
-            correct = None if targets is None else (item.name in targets or _file_key(item.path) in targets)
-            result.hits.append(QueryHit(len(result.hits) + 1, float(score), int(i), item.name, item.path, correct))
-        results.append(result)
-    return results
+    """Run composed queries against a gallery -> one QueryResult per request, hits ranked best first.
+
+    Requests are encoded and searched chunk_size at a time (one batched encode and one gallery search
+    per chunk). method: phi, slerp, image, text or average (default: the bundle's); template: the phi
+    prompt (see `zscir_infer.contract.fill_template`) or a template name of the bundle; exclude_ref:
+    leave each reference image out of its results (CIRR's protocol), through the gallery's own
+    exclusion; filter: an expression over the gallery items' name and path (`stores.filters`). Hits
+    whose request names targets are marked correct or not.
+    """
+    return [result for chunk in iter_queries(runtime, gallery, requests, k=k, method=method, template=template,
+                                             alpha=alpha, exclude_ref=exclude_ref, filter=filter, base_dir=base_dir,
+                                             chunk_size=chunk_size)
+            for result in chunk]
 
 
 def _target_set(request: QueryRequest, base_dir: Path | None) -> set | None:
@@ -174,7 +204,7 @@ def _target_set(request: QueryRequest, base_dir: Path | None) -> set | None:
     if request.targets is None:
         return None
     files = (_existing_file(t, base_dir) for t in request.targets)
-    return set(request.targets) | {_file_key(str(f)) for f in files if f is not None}
+    return set(request.targets) | {file_key(str(f)) for f in files if f is not None}
 
 
 class RecallTally:
@@ -196,8 +226,3 @@ class RecallTally:
         if not self.judged:
             return None
         return {f"R@{kk}": float(n / self.judged) for kk, n in zip(self.ks, self.found, strict=True)}
-
-
-def sheet_rows(results: Sequence[QueryResult]) -> list[SheetRow]:
-    return [SheetRow(r.reference_path, r.request.text, [Hit(h.path, h.score, h.name, h.correct) for h in r.hits],
-                     r.method) for r in results]

@@ -32,18 +32,29 @@ from PIL import Image
 
 from zscir_infer.backends import BACKENDS, BackendError, parse_device
 from zscir_infer.bundle import NO_PHI, Bundle, BundleError, load_bundle
+from zscir_infer.contract import (
+    AVERAGE,
+    GRAPH_INPUTS,
+    IMAGE,
+    IMAGE_ENCODER,
+    IMAGE_FEATURES,
+    METHODS,
+    NORM_EPS,
+    PHI,
+    PIXELS,
+    QUERY_ENCODER,
+    SLERP_PARALLEL_COS,
+    TEXT,
+    TEXT_ENCODER,
+    TOKEN_IDS,
+    TemplateError,
+    fill_template,
+)
+from zscir_infer.errors import InputError
 from zscir_infer.preprocess import load_image, preprocess
 from zscir_infer.tokenizer import ClipTokenizer
 
-METHODS = ("phi", "slerp", "image", "text", "average")
 DEFAULT_BATCH_SIZE = 32
-SLERP_PARALLEL_COS = 0.9995  # above this |cos|, slerp falls back to normalized linear interpolation
-NORM_EPS = 1e-12  # torch.nn.functional.normalize's eps, so results match the reference bit for bit
-CAPTION_FIELD = "{caption}"
-# graph -> (input names, output name), the bundle contract (DESIGN §3)
-IMAGE_ENCODER, QUERY_ENCODER, TEXT_ENCODER = "image_encoder", "query_encoder", "text_encoder"
-PIXELS, IMAGE_FEATURES, TOKEN_IDS = "pixels", "image_features", "token_ids"
-OUTPUTS = {IMAGE_ENCODER: "image_features", QUERY_ENCODER: "query_features", TEXT_ENCODER: "text_features"}
 SHOWN_CHARS = 60  # of a text named in a warning
 
 
@@ -57,22 +68,6 @@ class PlaceholderLostWarning(UserWarning):
 
 def _shown(text: str) -> str:
     return repr(text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "...")
-
-
-class TemplateError(ValueError):
-    """A prompt template cannot be used; the message says why (same rules as the PyTorch reference)."""
-
-
-def fill_template(template: str, caption: str, placeholder: str | None) -> str:
-    """Insert the caption into the template; a phi template must hold the placeholder."""
-    if CAPTION_FIELD not in template:
-        raise TemplateError(f"Template '{template}' has no '{CAPTION_FIELD}' field.")
-    if placeholder is not None and placeholder not in template:
-        raise TemplateError(
-            f"Template '{template}' does not contain the placeholder '{placeholder}': the image token would be "
-            f"dropped. Put '{placeholder}' where the image belongs, e.g. 'a photo of {placeholder} that {{caption}}'."
-        )
-    return template.replace(CAPTION_FIELD, caption)
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -107,7 +102,7 @@ def to_pil(image) -> Image.Image:
     """A path, bytes, PIL image or uint8 array -> an RGB PIL image (EXIF orientation applied)."""
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
-            raise ValueError(
+            raise InputError(
                 f"An image array must be uint8 [H, W], [H, W, 3] or [H, W, 4]; got {image.dtype} {image.shape}."
             )
         image = Image.fromarray(image)
@@ -123,7 +118,7 @@ class Runtime:
         if backend not in BACKENDS:
             raise BackendError(f"Unknown backend {backend!r}: use one of {BACKENDS}.")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+            raise InputError(f"batch_size must be at least 1, got {batch_size}.")
         kind, self.device_id = parse_device(device)
         if backend == "trt" and kind != "cuda":
             raise BackendError(f"The trt backend runs TensorRT engines on a GPU: use --device cuda, not {device!r}.")
@@ -135,6 +130,7 @@ class Runtime:
                                                  self.bundle.context_length)
         self._check_placeholder()
         self._sessions: dict[str, object] = {}
+        self._io: dict[str, tuple[dict[str, str], str]] = {}
         self._lock = threading.Lock()
 
     # --- what the bundle is ------------------------------------------------------------------------------
@@ -213,9 +209,32 @@ class Runtime:
         names = graphs or sorted({name for name, _ in self.bundle.graphs})
         return {name: self._session(name).providers_used() for name in names}
 
+    def _io_names(self, graph: str) -> tuple[dict[str, str], str]:
+        """({contract input role: the graph's input name}, output name), as the manifest records them.
+
+        The manifest lists a graph's inputs in the contract's order (GRAPH_INPUTS); their names are read
+        from it, so a bundle whose exporter named its tensors differently still runs.
+        """
+        if graph in self._io:
+            return self._io[graph]
+        precision = self.precision if (graph, self.precision) in self.bundle.graphs else "fp32"
+        spec = self.bundle.graph(graph, precision)
+        roles = GRAPH_INPUTS[graph]
+        if len(spec.inputs) != len(roles) or len(spec.outputs) != 1:
+            raise BundleError(f"Bundle {self.bundle.path}: {graph} has inputs {[i['name'] for i in spec.inputs]} and "
+                              f"outputs {[o['name'] for o in spec.outputs]}; the contract wants {list(roles)} and one "
+                              "output. Re-export the bundle with this zscir.")
+        self._io[graph] = ({role: entry["name"] for role, entry in zip(roles, spec.inputs, strict=True)},
+                           spec.outputs[0]["name"])
+        return self._io[graph]
+
     def run_graph(self, graph: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """One call of one graph, unbatched: its output [B, D] float32 (e.g. for per-stage timing)."""
-        return np.asarray(self._session(graph).infer(feeds)[OUTPUTS[graph]], dtype=np.float32)
+        """One call of one graph, unbatched: its output [B, D] float32 (e.g. for per-stage timing).
+
+        feeds are keyed by the contract's input names (PIXELS, IMAGE_FEATURES, TOKEN_IDS)."""
+        names, output = self._io_names(graph)
+        outputs = self._session(graph).infer({names[role]: value for role, value in feeds.items()})
+        return np.asarray(outputs[output], dtype=np.float32)
 
     def _batched(self, graph: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
         n = len(next(iter(feeds.values())))
@@ -234,7 +253,7 @@ class Runtime:
         """Unnormalized image features [B, D] of preprocessed pixels [B, 3, S, S] (what phi consumes)."""
         size = self.bundle.preprocess.image_size
         if pixels.ndim != 4 or pixels.shape[1:] != (3, size, size):
-            raise ValueError(f"pixels must be [B, 3, {size}, {size}] for this bundle, got {list(pixels.shape)}.")
+            raise InputError(f"pixels must be [B, 3, {size}, {size}] for this bundle, got {list(pixels.shape)}.")
         return self._batched(IMAGE_ENCODER, {PIXELS: pixels})
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
@@ -290,26 +309,26 @@ class Runtime:
         """
         method = method or self.default_method
         if method not in METHODS:
-            raise ValueError(f"Unknown method {method!r}: use one of {METHODS}.")
+            raise InputError(f"Unknown method {method!r}: use one of {METHODS}.")
         if alpha is not None and not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha is the text weight of slerp and must be in [0, 1], got {alpha}.")
+            raise InputError(f"alpha is the text weight of slerp and must be in [0, 1], got {alpha}.")
         queries = list(queries)
         images, texts = [q[0] for q in queries], [q[1] for q in queries]
-        if method == "phi":
+        if method == PHI:
             return self._encode_phi(images, texts, template)
-        if method == "text":
+        if method == TEXT:
             return self.encode_texts(texts)
         v_img = self._image_features_of(images)
-        if method == "image":
+        if method == IMAGE:
             return normalize(v_img)
         v_txt = self.text_features(texts)
-        if method == "average":
+        if method == AVERAGE:
             return average(v_img, v_txt)
         return slerp(v_img, v_txt, self.bundle.slerp_alpha if alpha is None else alpha)
 
     def _encode_phi(self, images: list, texts: list[str], template: str | None) -> np.ndarray:
         if not self.bundle.has_phi:  # fail before any image is decoded
-            raise ValueError(f"Method 'phi' needs a query encoder; bundle {self.bundle.path} "
+            raise InputError(f"Method 'phi' needs a query encoder; bundle {self.bundle.path} "
                              f"(method {self.bundle.method}) has none{NO_PHI}.")
         template = self.template(template)
         prompts = [fill_template(template, t, self.placeholder) for t in texts]

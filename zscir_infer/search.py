@@ -17,7 +17,7 @@ Search parameters (efSearch, nprobe, k_factor_rf) are FAISS ParameterSpace names
 defaults from `default_search_params`, and any of them can be overridden.
 """
 
-# ruff: noqa: N806 -- xb, xq, D, I: FAISS's names
+# ruff: noqa: N806, E741 -- xb, xq, D, I: FAISS's names
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ import math
 
 import faiss
 import numpy as np
+
+from zscir_infer.errors import ZscirError
 
 NAMED_SPECS = ("auto", "flat", "hnsw", "ivfpq")
 AUTO_FLAT_MAX = 100_000
@@ -41,7 +43,7 @@ REFINE_K_FACTOR = 16  # the shortlist IVF-PQ hands to the exact re-ranking, in m
 ADD_CHUNK = 65_536  # vectors added per call, bounding the temporary copies
 
 
-class IndexSpecError(ValueError):
+class IndexSpecError(ZscirError, ValueError):
     """An index spec that is unknown, or cannot be built for this gallery; the message says what to use."""
 
 
@@ -200,3 +202,58 @@ def add_vectors(index: faiss.Index, xb: np.ndarray, start: int = 0) -> None:
     """index.add(xb[start:]) in chunks (xb may be a memmap larger than memory)."""
     for lo in range(start, xb.shape[0], ADD_CHUNK):
         index.add(np.ascontiguousarray(xb[lo : lo + ADD_CHUNK], dtype=np.float32))
+
+
+NO_RESULT = -1  # FAISS's id where a query has fewer results than k
+
+
+def excluded_matrix(exclude, n_queries: int) -> np.ndarray:
+    """Per-query id sets -> an [Q, E] int64 matrix padded with NO_RESULT (E = the largest set, >= 1)."""
+    sets = [sorted({int(i) for i in ids}) for ids in exclude] if exclude is not None else [[]] * n_queries
+    width = max((len(s) for s in sets), default=0) or 1
+    banned = np.full((n_queries, width), NO_RESULT, dtype=np.int64)
+    for q, ids in enumerate(sets):
+        banned[q, : len(ids)] = ids
+    return banned
+
+
+def drop_excluded(D: np.ndarray, I: np.ndarray, banned: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Remove each query's banned ids from a ranking, keeping the order of the rest -> D, I [Q, k].
+
+    D, I [Q, K] with K >= k (search k plus the largest exclusion set so that k results survive);
+    banned [Q, E] ids padded with NO_RESULT (`excluded_matrix`). The one exclusion mechanism of zscir:
+    galleries and the evaluation harness both rank through it. Missing ranks get I = -1, D = -inf.
+    """
+    removed = (I[:, :, None] == banned[:, None, :]).any(axis=2) | (I == NO_RESULT)  # [Q, K]
+    order = np.argsort(removed, axis=1, kind="stable")  # removed entries move last, the rest keep rank
+    D = np.take_along_axis(D, order, axis=1)[:, :k].astype(np.float32, copy=False)
+    I = np.take_along_axis(I, order, axis=1)[:, :k].astype(np.int64, copy=False)
+    dropped = np.take_along_axis(removed, order, axis=1)[:, :k]
+    if I.shape[1] < k:  # fewer candidates than k: pad
+        pad = k - I.shape[1]
+        D = np.pad(D, ((0, 0), (0, pad)), constant_values=-np.inf)
+        I = np.pad(I, ((0, 0), (0, pad)), constant_values=NO_RESULT)
+        dropped = np.pad(dropped, ((0, 0), (0, pad)), constant_values=True)
+    I[dropped], D[dropped] = NO_RESULT, -np.inf
+    return D, I
+
+
+def search_subset(
+    xb: np.ndarray, allowed: np.ndarray, xq: np.ndarray, k: int, chunk: int = ADD_CHUNK
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top k of xq [Q, D] over the rows `allowed` [M] of xb -> D, I [Q, k] (global ids).
+
+    What a filtered search runs: the accepted rows are scanned exactly, a chunk at a time (xb may be a
+    memmap larger than memory), and the best k kept; FAISS's IDSelector would need per-index search
+    parameter types (IVF, HNSW, refine) and scans the same rows for flat indexes anyway."""
+    xq = np.ascontiguousarray(xq, dtype=np.float32)
+    D = np.full((xq.shape[0], k), -np.inf, dtype=np.float32)
+    I = np.full((xq.shape[0], k), NO_RESULT, dtype=np.int64)
+    for lo in range(0, len(allowed), chunk):
+        ids = allowed[lo : lo + chunk]
+        scores = xq @ np.ascontiguousarray(xb[ids], dtype=np.float32).T  # [Q, C]
+        D = np.concatenate([D, scores], axis=1)
+        I = np.concatenate([I, np.broadcast_to(ids, scores.shape)], axis=1)
+        best = np.argsort(-D, axis=1, kind="stable")[:, :k]
+        D, I = np.take_along_axis(D, best, axis=1), np.take_along_axis(I, best, axis=1)
+    return D, I

@@ -23,13 +23,15 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from zscir_infer.errors import ZscirError
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 CIRR_IMAGE_DIRS = ("img_raw", ".")  # under the CIRR folder; its parent is tried last
 FASHIONIQ_SUFFIXES = (".jpg", ".png")
 COMMENT = "#"
 
 
-class SourceError(ValueError):
+class SourceError(ZscirError, ValueError):
     """SRC cannot be listed at all; the message says what was expected."""
 
 

@@ -24,13 +24,15 @@ import ftfy
 import numpy as np
 from tokenizers import Tokenizer
 
+from zscir_infer.errors import ZscirError
+
 DEFAULT_CONTEXT_LENGTH = 77
 SOT_TOKEN = "<start_of_text>"
 EOT_TOKEN = "<end_of_text>"
 PAD_ID = 0
 
 
-class TokenizerError(ValueError):
+class TokenizerError(ZscirError, ValueError):
     """The tokenizer file or a text cannot be used; the message says what to change."""
 
 

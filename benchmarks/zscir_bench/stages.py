@@ -70,16 +70,10 @@ class RuntimeStages:
     def providers(self) -> dict[str, list[str]]:
         return self.rt.providers_used()
 
-    def _graph(self, name: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        # Runtime runs whole pipelines; the stage breakdown needs one graph call on its own.
-        from zscir_infer.runtime import OUTPUTS
-
-        return self.rt._session(name).infer(feeds)[OUTPUTS[name]]
-
     def prompts(self, texts: Sequence[str]) -> list[str]:
-        from zscir_infer.runtime import fill_template
+        from zscir_infer.contract import PHI, fill_template
 
-        if self.method != "phi":
+        if self.method != PHI:
             return list(texts)
         return [fill_template(self.rt.template(), t, self.rt.placeholder) for t in texts]
 
@@ -93,13 +87,16 @@ class RuntimeStages:
         return self.rt.image_features(pixels)
 
     def text_encode(self, ids: np.ndarray) -> np.ndarray:
-        return self._graph("text_encoder", {"token_ids": ids})
+        from zscir_infer.contract import TEXT_ENCODER, TOKEN_IDS
+
+        return self.rt.run_graph(TEXT_ENCODER, {TOKEN_IDS: ids})
 
     def query_encode(self, features: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        from zscir_infer.contract import IMAGE_FEATURES, PHI, QUERY_ENCODER, TOKEN_IDS
         from zscir_infer.runtime import slerp
 
-        if self.method == "phi":
-            return self._graph("query_encoder", {"image_features": features, "token_ids": ids})
+        if self.method == PHI:
+            return self.rt.run_graph(QUERY_ENCODER, {IMAGE_FEATURES: features, TOKEN_IDS: ids})
         return slerp(features, self.text_encode(ids), self.rt.bundle.slerp_alpha)
 
     def search(self, xq: np.ndarray) -> np.ndarray:

@@ -25,23 +25,27 @@ from zscir_export.fp16 import ORT_DISABLED_OPTIMIZERS, convert_to_fp16
 from zscir_export.golden import sample_images, write_golden
 from zscir_export.graphs import EXPORT_BATCH, GraphSpec, graph_files, graph_specs
 from zscir_export.int8 import quantize_to_int8
-from zscir_export.model_source import ExportSource, file_sha256
+from zscir_export.model_source import ExportSource
 from zscir_export.tensorrt_build import EngineOptions, build_engines, require_tensorrt
 from zscir_export.tokenizer_json import TOKENIZER_FILE, build_clip_tokenizer_json
 from zscir_export.validate import OutputCheck, check_graph, raise_on_failures, validation_feeds
 from zscir_infer.atomic import atomic_directory, atomic_write_json
-from zscir_infer.preprocess import PreprocessConfig
+from zscir_infer.contract import (
+    BUNDLE_FORMAT,
+    BUNDLE_FORMAT_VERSION,
+    DEFAULT_SLERP_ALPHA,
+    MANIFEST,
+    METHODS,
+    TRAINING_FREE_METHODS,
+    PreprocessConfig,
+    manifest_schema_path,
+    sha256_file,
+)
 from zscir_train import __version__
-from zscir_train.composed import DEFAULT_SLERP_ALPHA, placeholder_token_id
+from zscir_train.composed import placeholder_token_id
 from zscir_train.reference import TorchReference
 
-FORMAT = "zscir-bundle"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 SLERP_TEMPLATE = "{caption}"  # slerp encodes the caption raw, without a template
-PHI_METHODS = ("phi", "slerp", "image", "text", "average")
-SLERP_METHODS = ("slerp", "image", "text", "average")
 VERSIONED_PACKAGES = ("torch", "onnx", "onnxruntime", "open_clip_torch")
 
 
@@ -80,7 +84,7 @@ class ExportResult:
 
 
 def _file_entry(bundle_dir: Path, path: Path) -> dict:
-    return {"file": path.relative_to(bundle_dir).as_posix(), "sha256": file_sha256(path),
+    return {"file": path.relative_to(bundle_dir).as_posix(), "sha256": sha256_file(path),
             "bytes": path.stat().st_size}
 
 
@@ -118,7 +122,7 @@ def _pretrained_label(pretrained: str | None) -> str | None:
 def _backbone_entry(backbone) -> dict:
     entry = {"name": backbone.name, "pretrained": _pretrained_label(backbone.pretrained), "arch": backbone.arch}
     if backbone.pretrained and Path(backbone.pretrained).is_file():
-        entry["pretrained_sha256"] = file_sha256(Path(backbone.pretrained))
+        entry["pretrained_sha256"] = sha256_file(Path(backbone.pretrained))
     return entry
 
 
@@ -136,8 +140,8 @@ def build_manifest(source: ExportSource, alpha: float, tokenizer: dict, graphs: 
     if meta is not None:
         phi = {"kind": meta.phi_kind, "hidden_dim": meta.hidden_dim, "training": meta.training}
     return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_FORMAT_VERSION,
         "zscir_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "method": source.method,
@@ -161,7 +165,7 @@ def build_manifest(source: ExportSource, alpha: float, tokenizer: dict, graphs: 
 
 def check_manifest(manifest: dict) -> None:
     """The manifest against the repository's JSON Schema (the runtime validates with the same file)."""
-    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    schema = json.loads(manifest_schema_path().read_text(encoding="utf-8"))
     jsonschema.Draft202012Validator(schema).validate(manifest)
 
 
@@ -196,7 +200,7 @@ def export_bundle(source: ExportSource, options: ExportOptions) -> ExportResult:
     with _progress(options.show_progress) as progress, atomic_directory(out, options.force) as tmp:
         task = progress.add_task(f"Exporting {backbone.name} ({source.method})", total=steps)
         tokenizer = build_clip_tokenizer_json(tmp / TOKENIZER_FILE, backbone.context_length)
-        tokenizer["sha256"] = file_sha256(tmp / TOKENIZER_FILE)
+        tokenizer["sha256"] = sha256_file(tmp / TOKENIZER_FILE)
         progress.advance(task)
         for spec in specs:
             progress.update(task, description=f"PyTorch reference: {spec.name}")
@@ -216,7 +220,7 @@ def export_bundle(source: ExportSource, options: ExportOptions) -> ExportResult:
         raise_on_failures([c for r in results for c in r.checks])
         progress.update(task, description="golden files")
         reference = TorchReference(backbone, source.phi, meta, alpha=options.alpha)
-        golden = write_golden(tmp, reference, PHI_METHODS if source.phi is not None else SLERP_METHODS, feeds,
+        golden = write_golden(tmp, reference, METHODS if source.phi is not None else TRAINING_FREE_METHODS, feeds,
                               references)
         progress.advance(task)
         engines = []

@@ -14,28 +14,22 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from zscir_export.bundle import ExportOptions, ExportResult, export_bundle
-from zscir_export.fp16 import Fp16ConversionError
-from zscir_export.model_source import METHODS, ExportSourceError, resolve_source
+from zscir_export.model_source import resolve_source
 from zscir_export.report import export_report
 from zscir_export.tensorrt_build import EngineOptions
-from zscir_export.triton import DEFAULT_MAX_BATCH, TritonError, TritonOptions, write_triton_repository
-from zscir_export.validate import ValidationError
+from zscir_export.triton import DEFAULT_MAX_BATCH, TritonOptions, write_triton_repository
 from zscir_infer.atomic import atomic_write_json
+from zscir_infer.cli_style import DEFAULT_BUNDLE, Profile, command, err_console
+from zscir_infer.contract import DEFAULT_SLERP_ALPHA, EXPORT_SOURCES
 from zscir_infer.engines import DEFAULT_PROFILES, EngineError, parse_profile
-from zscir_train.backbone import BackboneError
-from zscir_train.checkpoint import CheckpointError
-from zscir_train.composed import DEFAULT_SLERP_ALPHA, TemplateError
+from zscir_infer.errors import OutputExistsError
 
 BUNDLE_ENV = "ZSCIR_BUNDLE"
-DEFAULT_BUNDLE = Path("zscir-out") / "bundle"
 ENGINE_KINDS = ("trt",)
-USER_ERRORS = (ExportSourceError, CheckpointError, BackboneError, TemplateError, FileExistsError, ValidationError,
-               EngineError, TritonError, Fp16ConversionError)
 
 app = typer.Typer(add_completion=False, help="Export a zscir model to a validated ONNX bundle (DESIGN §3).")
 
@@ -45,7 +39,7 @@ Model = Annotated[str | None, typer.Option(
     "--model", help="open_clip model name or architecture JSON (needed for official checkpoints and slerp).")]
 Pretrained = Annotated[str | None, typer.Option("--pretrained", help="open_clip pretrained tag or weights file.")]
 Method = Annotated[str | None, typer.Option(
-    "--method", help=f"One of {', '.join(METHODS)}; 'searle' for an official SEARLE file; 'slerp' needs no --ckpt.")]
+    "--method", help=f"One of {', '.join(EXPORT_SOURCES)}; 'searle' for an official SEARLE file; 'slerp' needs no --ckpt.")]
 Out = Annotated[Path | None, typer.Option(
     "--out", help=f"Bundle directory (default ${BUNDLE_ENV} or {DEFAULT_BUNDLE}).")]
 
@@ -60,7 +54,7 @@ def _engine_options(engine: str | None, precisions: list[str], profiles: list[st
     return EngineOptions(tuple(precisions), parsed, timing_cache_dir)
 
 
-def _print_result(console: Console, result: ExportResult) -> None:
+def _print_result(result: ExportResult) -> None:
     table = Table(title=f"Bundle {result.bundle} ({result.seconds:.1f} s)")
     for column in ("graph", "precision", "MB", "export s", "output", "max abs", "min cosine", "ok"):
         table.add_column(column)
@@ -68,10 +62,10 @@ def _print_result(console: Console, result: ExportResult) -> None:
         for c in g.checks:
             table.add_row(g.graph, g.precision, f"{g.bytes / 2**20:.1f}", f"{g.seconds:.2f}", c.output,
                           f"{c.max_abs:.2e}", f"{c.min_cosine:.7f}", "yes" if c.passed else "NO")
-    console.print(table)
+    err_console.print(table)
 
 
-@app.command()
+@command(app)
 def export(
     ckpt: Ckpt = None,
     model: Model = None,
@@ -87,9 +81,7 @@ def export(
     = None,
     trt_precision: Annotated[list[str], typer.Option("--trt-precision", help="Engine precision(s): fp16, fp32.")]
     = ["fp16"],  # noqa: B006 (typer reads list defaults)
-    trt_profile: Annotated[list[str], typer.Option(
-        "--trt-profile", help="NAME:MIN,OPT,MAX batch profile, repeatable (default latency:1,1,8 "
-                              "throughput:1,32,128).")] = [],  # noqa: B006
+    profile: Profile = None,
     timing_cache_dir: Annotated[Path | None, typer.Option(help="Where TensorRT timing caches are kept.")] = None,
     triton: Annotated[Path | None, typer.Option("--triton", help="Also write a Triton model repository here.")]
     = None,
@@ -103,35 +95,30 @@ def export(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar or table.")] = False,
 ) -> None:
     """Export, validate against PyTorch, and write a bundle atomically."""
-    console = Console(stderr=True, soft_wrap=True)
     out = out or Path(os.environ.get(BUNDLE_ENV) or DEFAULT_BUNDLE)
-    try:
-        engine_options = _engine_options(engine, trt_precision, trt_profile, timing_cache_dir)
-        triton_options = None
-        if triton is not None:
-            if triton.exists() and not force:
-                raise FileExistsError(f"{triton} already exists: pass --force to replace it, or choose another --triton.")
-            triton_options = TritonOptions(triton_precision or ("fp16" if fp16 else "fp32"), triton_max_batch,
-                                           instance_kind=triton_kind, instance_count=triton_instances,
-                                           tensorrt=triton_tensorrt)
-        if out.exists() and not force:
-            raise FileExistsError(f"{out} already exists: pass --force to replace it, or choose another --out.")
-        source = resolve_source(ckpt, model, pretrained, method)
-        if source.backbone.pretrained is None:
-            console.print(f"[yellow]warning:[/yellow] {escape(source.backbone.name)} has no pretrained weights: the "
+    engine_options = _engine_options(engine, trt_precision, profile or [], timing_cache_dir)
+    triton_options = None
+    if triton is not None:
+        if triton.exists() and not force:
+            raise OutputExistsError(f"{triton} already exists: pass --force to replace it, or choose another --triton.")
+        triton_options = TritonOptions(triton_precision or ("fp16" if fp16 else "fp32"), triton_max_batch,
+                                       instance_kind=triton_kind, instance_count=triton_instances,
+                                       tensorrt=triton_tensorrt)
+    if out.exists() and not force:
+        raise OutputExistsError(f"{out} already exists: pass --force to replace it, or choose another --out.")
+    source = resolve_source(ckpt, model, pretrained, method)
+    if source.backbone.pretrained is None:
+        err_console.print(f"[yellow]warning:[/yellow] {escape(source.backbone.name)} has no pretrained weights: the "
                           "bundle gets a fresh random draw of them (fine for tests and timing, not for retrieval).")
-        options = ExportOptions(out, fp16=fp16, int8=int8, force=force, alpha=alpha, engine=engine_options,
-                                show_progress=not quiet)
-        result = export_bundle(source, options)
-        if triton_options is not None:
-            write_triton_repository(out, triton, triton_options, force=force)
-    except USER_ERRORS as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(1) from exc
+    options = ExportOptions(out, fp16=fp16, int8=int8, force=force, alpha=alpha, engine=engine_options,
+                            show_progress=not quiet)
+    result = export_bundle(source, options)
+    if triton_options is not None:
+        write_triton_repository(out, triton, triton_options, force=force)
     if report is not None:
         atomic_write_json(report, export_report(result))
     if not quiet:
-        _print_result(console, result)
+        _print_result(result)
     typer.echo(json.dumps({"bundle": str(out), "seconds": round(result.seconds, 2)}))
 
 

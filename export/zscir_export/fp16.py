@@ -26,6 +26,7 @@ from onnxruntime.transformers import float16
 from onnxruntime.transformers.onnx_model import OnnxModel
 
 from zscir_export.graphs import save_onnx
+from zscir_infer.errors import ZscirError
 
 FP32_OPS = (
     "LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceL1",
@@ -34,7 +35,7 @@ FP32_OPS = (
 ORT_DISABLED_OPTIMIZERS = ("NchwcTransformer",)  # microsoft/onnxruntime#28392, see the module docstring
 
 
-class Fp16ConversionError(RuntimeError):
+class Fp16ConversionError(ZscirError, RuntimeError):
     """The converted graph is not a valid ONNX graph with the original signature."""
 
 

@@ -13,13 +13,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from zscir_infer.atomic import atomic_path, atomic_write_json
+from zscir_infer.contract import sha256_file
 from zscir_train.reference import TorchReference
 
 GOLDEN_DIR = "golden"
@@ -59,15 +59,11 @@ def sample_images() -> list[Image.Image]:
     return images
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _save_npy(directory: Path, name: str, array: np.ndarray, hashes: dict) -> str:
     with atomic_path(directory / name) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, np.ascontiguousarray(array))
-    hashes[name] = _sha256(directory / name)
+    hashes[name] = sha256_file(directory / name)
     return name
 
 
@@ -84,7 +80,7 @@ def write_golden(bundle_dir: Path, reference: TorchReference, methods: tuple[str
         name = f"image_{i}.png"
         with atomic_path(directory / name) as tmp:
             image.save(tmp, format="PNG")
-        hashes[name] = _sha256(directory / name)
+        hashes[name] = sha256_file(directory / name)
         names.append(name)
     texts = list(GOLDEN_TEXTS[:len(images)])
     queries = list(zip(images, texts, strict=True))
@@ -109,5 +105,5 @@ def write_golden(bundle_dir: Path, reference: TorchReference, methods: tuple[str
     }
     golden["sha256"] = hashes
     atomic_write_json(directory / GOLDEN_FILE, golden)
-    return {"file": f"{GOLDEN_DIR}/{GOLDEN_FILE}", "sha256": _sha256(directory / GOLDEN_FILE),
+    return {"file": f"{GOLDEN_DIR}/{GOLDEN_FILE}", "sha256": sha256_file(directory / GOLDEN_FILE),
             "methods": list(methods)}

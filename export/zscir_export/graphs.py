@@ -26,6 +26,16 @@ import onnx
 import torch
 from torch import nn
 
+from zscir_infer.contract import (
+    IMAGE_ENCODER,
+    IMAGE_FEATURES,
+    PIXELS,
+    QUERY_ENCODER,
+    QUERY_FEATURES,
+    TEXT_ENCODER,
+    TEXT_FEATURES,
+    TOKEN_IDS,
+)
 from zscir_train.composed import ComposedQueryEncoder, encode_text_with_pseudo
 
 BATCH = "batch"
@@ -146,18 +156,18 @@ def graph_specs(backbone, phi: nn.Module | None = None, placeholder_id: int | No
     """The bundle's graphs for a backbone, and the query encoder when there is a phi."""
     model, d, size, length = backbone.model.eval(), backbone.embed_dim, backbone.preprocess.image_size, \
         backbone.context_length
-    pixels = TensorSpec("pixels", "float32", (BATCH, 3, size, size))
-    token_ids = TensorSpec("token_ids", "int32", (BATCH, length))
-    image_features = TensorSpec("image_features", "float32", (BATCH, d))
-    specs = [GraphSpec("image_encoder", ImageEncoderGraph(model), (pixels,), (image_features,), False)]
+    pixels = TensorSpec(PIXELS, "float32", (BATCH, 3, size, size))
+    token_ids = TensorSpec(TOKEN_IDS, "int32", (BATCH, length))
+    image_features = TensorSpec(IMAGE_FEATURES, "float32", (BATCH, d))
+    specs = [GraphSpec(IMAGE_ENCODER, ImageEncoderGraph(model), (pixels,), (image_features,), False)]
     if phi is not None:
         if placeholder_id is None:
             raise ValueError("The query encoder needs the placeholder's token id.")
         query = ComposedQueryEncoder(model, phi.eval(), placeholder_id).eval()
-        specs.append(GraphSpec("query_encoder", query, (image_features, token_ids),
-                               (TensorSpec("query_features", "float32", (BATCH, d)),), True))
-    specs.append(GraphSpec("text_encoder", TextEncoderGraph(model), (token_ids,),
-                           (TensorSpec("text_features", "float32", (BATCH, d)),), False))
+        specs.append(GraphSpec(QUERY_ENCODER, query, (image_features, token_ids),
+                               (TensorSpec(QUERY_FEATURES, "float32", (BATCH, d)),), True))
+    specs.append(GraphSpec(TEXT_ENCODER, TextEncoderGraph(model), (token_ids,),
+                           (TensorSpec(TEXT_FEATURES, "float32", (BATCH, d)),), False))
     return specs
 
 

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,16 +18,16 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from zscir_infer.contract import EXPORT_SOURCES, SLERP, sha256_file
+from zscir_infer.errors import ZscirError
 from zscir_train.backbone import Backbone, load_backbone
 from zscir_train.checkpoint import METADATA_KEY, PhiMeta, check_dims, load_phi_checkpoint
 
-METHODS = ("lincir", "searle", "pic2word", "slerp")
-PHI_METHODS = ("lincir", "searle", "pic2word")
 TAT_FORMAT = "zscir-tat"
 SAFETENSORS_MAGIC_LEN = 9  # 8-byte header length, then the JSON header's "{"
 
 
-class ExportSourceError(ValueError):
+class ExportSourceError(ZscirError, ValueError):
     """The arguments do not describe something exportable; the message says what to pass."""
 
 
@@ -39,14 +38,6 @@ class ExportSource:
     phi: nn.Module | None = None
     meta: PhiMeta | None = None
     info: dict = field(default_factory=dict)  # the manifest's `source`: what was exported, with sha256
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _safetensors_metadata(path: Path) -> dict | None:
@@ -67,7 +58,7 @@ def _safetensors_metadata(path: Path) -> dict | None:
 
 
 def _tat_source(ckpt: Path, meta: dict, model: str | None, pretrained: str | None, method: str | None) -> ExportSource:
-    if method not in (None, "slerp"):
+    if method not in (None, SLERP):
         raise ExportSourceError(
             f"{ckpt} is a TAT checkpoint (a tuned image encoder for slerp), not a phi: drop --method {method} "
             "or pass --method slerp."
@@ -80,13 +71,13 @@ def _tat_source(ckpt: Path, meta: dict, model: str | None, pretrained: str | Non
     if not name:
         raise ExportSourceError(f"{ckpt} does not name its base model: pass --model (e.g. ViT-L-14).")
     backbone = load_backbone(name, str(ckpt))
-    info = {"kind": "tat", "checkpoint": ckpt.name, "checkpoint_sha256": file_sha256(ckpt),
+    info = {"kind": "tat", "checkpoint": ckpt.name, "checkpoint_sha256": sha256_file(ckpt),
             "base_pretrained": meta.get("base_pretrained"), "lora": meta.get("lora", {})}
-    return ExportSource(backbone, "slerp", info=info)
+    return ExportSource(backbone, SLERP, info=info)
 
 
 def _phi_source(ckpt: Path, model: str | None, pretrained: str | None, method: str | None) -> ExportSource:
-    if method == "slerp":
+    if method == SLERP:
         raise ExportSourceError(
             f"--method slerp exports no phi, but {ckpt} is a phi checkpoint: drop --ckpt (and pass --model), or "
             "drop --method to export the phi."
@@ -106,17 +97,17 @@ def _phi_source(ckpt: Path, model: str | None, pretrained: str | None, method: s
         pretrained = meta.backbone_pretrained
     backbone = load_backbone(model, pretrained)
     check_dims(meta, backbone, ckpt)
-    info = {"kind": meta.source, "checkpoint": ckpt.name, "checkpoint_sha256": file_sha256(ckpt)}
+    info = {"kind": meta.source, "checkpoint": ckpt.name, "checkpoint_sha256": sha256_file(ckpt)}
     return ExportSource(backbone, meta.method, phi.eval(), meta, info)
 
 
 def resolve_source(ckpt: str | Path | None, model: str | None = None, pretrained: str | None = None,
                    method: str | None = None) -> ExportSource:
     """The backbone and phi to export, from --ckpt, --model, --pretrained and --method."""
-    if method is not None and method not in METHODS:
-        raise ExportSourceError(f"Unknown method '{method}': use one of {METHODS}.")
+    if method is not None and method not in EXPORT_SOURCES:
+        raise ExportSourceError(f"Unknown method '{method}': use one of {EXPORT_SOURCES}.")
     if ckpt is None:
-        if method != "slerp":
+        if method != SLERP:
             raise ExportSourceError(
                 "Nothing to export: pass --ckpt (a zscir, LinCIR, SEARLE, Pic2Word or TAT checkpoint), or "
                 "--method slerp --model NAME [--pretrained TAG|PATH] for the encoders alone."
@@ -124,7 +115,7 @@ def resolve_source(ckpt: str | Path | None, model: str | None = None, pretrained
         if model is None:
             raise ExportSourceError("--method slerp needs --model (e.g. ViT-L-14) and usually --pretrained.")
         backbone = load_backbone(model, pretrained)
-        return ExportSource(backbone, "slerp", info={"kind": "backbone"})
+        return ExportSource(backbone, SLERP, info={"kind": "backbone"})
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise ExportSourceError(f"Checkpoint {ckpt} does not exist.")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from zscir_export.bundle import default_permissions
 from zscir_infer.atomic import atomic_directory
+from zscir_infer.errors import ZscirError
 
 TRITON_DTYPE = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int32": "TYPE_INT32", "int64": "TYPE_INT64"}
 INSTANCE_KINDS = ("gpu", "cpu")
@@ -32,7 +33,7 @@ TRT_WORKSPACE_BYTES = 4 << 30
 ORT_LEVEL_WITHOUT_LAYOUT = 1
 
 
-class TritonError(ValueError):
+class TritonError(ZscirError, ValueError):
     """The repository cannot be written as asked; the message says what to change."""
 
 

@@ -23,7 +23,16 @@ import torch
 
 from zscir_export.fp16 import ORT_DISABLED_OPTIMIZERS
 from zscir_export.graphs import GraphSpec
-from zscir_train.composed import fill_template
+from zscir_infer.contract import (
+    IMAGE_ENCODER,
+    IMAGE_FEATURES,
+    PIXELS,
+    QUERY_ENCODER,
+    TEXT_ENCODER,
+    TOKEN_IDS,
+    fill_template,
+)
+from zscir_infer.errors import ZscirError
 
 RANDOM_PIXEL_ROWS = 2
 VALIDATION_SEED = 0
@@ -95,7 +104,7 @@ class OutputCheck:
         }
 
 
-class ValidationError(RuntimeError):
+class ValidationError(ZscirError, RuntimeError):
     """Exported graphs differ from PyTorch beyond the thresholds; lists every failing output."""
 
     def __init__(self, failures: list[OutputCheck]):
@@ -169,11 +178,11 @@ def validation_feeds(specs: list[GraphSpec], backbone, images, template: str | N
                      placeholder: str | None) -> dict[str, dict[str, np.ndarray]]:
     """Graph name -> its validation inputs. Query image features come from the PyTorch image encoder."""
     pixels = validation_pixels(backbone, images)
-    feeds = {"image_encoder": {"pixels": pixels}, "text_encoder": {"token_ids": token_ids(backbone, TEXT_PROMPTS)}}
+    feeds = {IMAGE_ENCODER: {PIXELS: pixels}, TEXT_ENCODER: {TOKEN_IDS: token_ids(backbone, TEXT_PROMPTS)}}
     by_name = {s.name: s for s in specs}
-    if "query_encoder" in by_name:
+    if QUERY_ENCODER in by_name:
         ids = token_ids(backbone, query_prompts(template, placeholder))
-        features = by_name["image_encoder"].run_torch({"pixels": pixels})["image_features"]
+        features = by_name[IMAGE_ENCODER].run_torch({PIXELS: pixels})[IMAGE_FEATURES]
         rows = np.resize(np.arange(len(features)), len(ids))  # cycle the images over the prompts
-        feeds["query_encoder"] = {"image_features": features[rows], "token_ids": ids}
+        feeds[QUERY_ENCODER] = {IMAGE_FEATURES: features[rows], TOKEN_IDS: ids}
     return {name: feeds[name] for name in by_name}

@@ -10,11 +10,13 @@ Each backend loads one model file and offers `infer(dict[str, ndarray]) -> dict[
 
 from __future__ import annotations
 
+from zscir_infer.errors import ZscirError
+
 BACKENDS = ("ort", "trt")
 ORT_DEVICES = ("cpu", "cuda", "tensorrt")  # the ONNX Runtime execution provider families
 
 
-class BackendError(RuntimeError):
+class BackendError(ZscirError, RuntimeError):
     """A backend cannot run as asked (missing provider, no GPU, incompatible engine); says what to do."""
 
 
