@@ -1,6 +1,7 @@
 # Two entry points a newcomer types on a fresh machine (see README):
 #   make demo   set up, then run the whole path on the synthetic shapes world
 #   make test   set up, then run the whole test suite
+#   make test-fast  the same without the tests marked slow (each over ~30 s on 2 cores)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
@@ -8,7 +9,7 @@ BIN     = $(VENV)/bin
 TORCH_PINS = torch==2.14.1 torchvision==0.29.1
 STAMP   = $(VENV)/.zscir-installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test test-fast lint clean
 
 setup: $(STAMP)
 
@@ -24,6 +25,9 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .

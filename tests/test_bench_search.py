@@ -1,6 +1,9 @@
 """The search benchmark: recall against numpy, vectors with neighbourhood structure, index sizes,
 and a tiny end-to-end run whose report has every index type and exact search at recall 1."""
 
+import math
+import time
+
 import faiss
 import numpy as np
 import pytest
@@ -56,23 +59,56 @@ def test_index_specs_are_the_runtimes():
     assert any(s.spec.startswith("IVF") and s.spec.endswith(",Flat") for s in specs.values())
 
 
+PAUSE = 0.2
+
+
+@pytest.mark.parametrize("spec", ["flat", "hnsw", "IVF64,Flat"])
+def test_build_times_the_index_it_returns_and_that_index_answers_queries(spec, monkeypatch):
+    xb, _ = sb.clustered_vectors(10_000, 32, seed=3)
+    build_index = sb.search.build_index
+
+    def slow_build_index(*args, **kwargs):  # a build that takes at least PAUSE: the timer must see it
+        time.sleep(PAUSE)
+        return build_index(*args, **kwargs)
+
+    monkeypatch.setattr(sb.search, "build_index", slow_build_index)
+    start = time.perf_counter()
+    index, build_s = sb.build(sb.IndexSpec(spec, spec, None), xb)
+    wall = time.perf_counter() - start
+    assert math.isfinite(build_s) and PAUSE <= build_s <= wall  # seconds, around the whole train + add
+    assert index.ntotal == len(xb) and index.metric_type == faiss.METRIC_INNER_PRODUCT
+    _, found = index.search(xb[:200], 1)
+    assert (found[:, 0] == np.arange(200)).mean() >= (1.0 if spec == "flat" else 0.95)  # each vector finds itself
+
+
 @pytest.fixture(scope="module")
-def tiny_report():
-    return sb.run_search_bench(32, sizes=(10_000,), n_queries=50, threads=1, policy1=QUICK_POLICY,
-                               policy_batch=QUICK_POLICY)
+def timed_tiny_report():
+    start = time.perf_counter()
+    report = sb.run_search_bench(32, sizes=(10_000,), n_queries=50, threads=1, policy1=QUICK_POLICY,
+                                 policy_batch=QUICK_POLICY)
+    return report, time.perf_counter() - start
 
 
-def test_a_tiny_run_reports_every_index_with_its_sweep(tiny_report):
+@pytest.fixture(scope="module")
+def tiny_report(timed_tiny_report):
+    return timed_tiny_report[0]
+
+
+def test_a_tiny_run_reports_every_index_with_its_sweep(timed_tiny_report):
+    tiny_report, wall = timed_tiny_report
     results = tiny_report["results"]
     assert [r["index"] for r in results][0] == "Flat"
     assert len(results) == len(sb.index_specs(10_000, 32))
+    chance = sb.K / 10_000
     for r in results:
-        assert r["build_s"] >= 0 and r["memory_bytes"] > 0
+        assert math.isfinite(r["build_s"]) and r["build_s"] > 0 and r["memory_bytes"] > 0
         assert r["bytes_per_vector"] == pytest.approx(r["memory_bytes"] / r["n"])
+        assert max(p["recall_at_10"] for p in r["sweep"]) > 100 * chance, r["index"]  # the built index answers
         for point in r["sweep"]:
             assert 0.0 <= point["recall_at_10"] <= 1.0
             assert set(point["batch1"]) == {"1"} and point["p50_threads"] == 1 and point["qps_batch256"] > 0
             assert point["p50_ms"] == point["batch1"]["1"]["p50_ms"]
+    assert sum(r["build_s"] for r in results) < wall  # builds are a part of the run, timed in seconds
     flat = results[0]
     assert flat["sweep"][0]["recall_at_10"] == pytest.approx(1.0)
     assert flat["bytes_per_vector"] >= 32 * 4  # the raw float32 vectors

@@ -1,6 +1,11 @@
 """Timing bookkeeping and machine info: percentiles against numpy, call counts, shared-machine detection."""
 
+import importlib.metadata
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,14 +37,46 @@ def test_measure_warms_up_then_repeats_between_min_and_max_reps():
 def test_machine_info_names_cpu_threads_and_libraries():
     info = machine.machine_info(threads=2)
     assert info["threads"] == 2
-    assert info["cpu"]["logical_cores"] >= 1 and info["cpu"]["model"]
-    assert "numpy" in info["libraries"] and "onnxruntime" in info["libraries"]
+    assert info["cpu"]["logical_cores"] == os.cpu_count() and info["cpu"]["model"]
+    assert info["libraries"]["numpy"] == np.__version__
+    assert info["libraries"]["onnxruntime"] == importlib.metadata.version("onnxruntime")
     assert isinstance(info["gpus"], list)
 
 
-def test_cpu_ticks_reads_this_process():
+def _cpu_seconds_ticks() -> float:
+    t = os.times()
+    return (t.user + t.system) * os.sysconf("SC_CLK_TCK")
+
+
+def test_cpu_ticks_are_this_process_user_plus_system_time_and_grow_with_work():
+    before = _cpu_seconds_ticks()
     name, ticks = machine._cpu_ticks(str(os.getpid()))
-    assert name and ticks >= 0
+    after = _cpu_seconds_ticks()
+    assert name == Path("/proc/self/comm").read_text().strip()
+    assert before - 1 <= ticks <= after + 1  # utime + stime, in clock ticks (not one of the two, not jiffies of another field)
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:  # burn 0.3 s of CPU
+        pass
+    _, later = machine._cpu_ticks(str(os.getpid()))
+    assert later - ticks >= 0.2 * os.sysconf("SC_CLK_TCK")
+
+
+def test_cpu_ticks_parse_a_process_name_with_parentheses_and_spaces(tmp_path):
+    """/proc/PID/stat holds `PID (NAME) STATE ...`, where NAME may itself contain ') (' and spaces."""
+    odd = tmp_path / "a) (b c"
+    odd.symlink_to(sys.executable)
+    started = time.monotonic()
+    child = subprocess.Popen([str(odd), "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        name, ticks = machine._cpu_ticks(str(child.pid))
+        elapsed_ticks = (time.monotonic() - started) * os.sysconf("SC_CLK_TCK")
+        assert name == "a) (b c"
+        assert 1 <= ticks <= elapsed_ticks + 1  # a busy loop's CPU time: not a field shifted by the name
+    finally:
+        child.kill()
+        child.wait()
+    assert machine._cpu_ticks(str(child.pid)) is None  # gone: no entry, no exception
 
 
 def test_a_run_is_shared_when_someone_else_was_busy_or_the_load_was_high():

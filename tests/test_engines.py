@@ -2,6 +2,7 @@
 the build itself runs only where TensorRT and a GPU are (marked trt, skipped with the reason)."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -69,12 +70,17 @@ def test_the_cache_key_is_stable_and_changes_with_every_ingredient():
     base = dict(onnx_sha256=SHA, tensorrt_version="10.13.3", compute_capability="8.9", precision="fp16",
                 profiles=DEFAULT_PROFILES)
     key = cache_key(**base)
-    assert key == cache_key(**base) and len(key) == 64 and int(key, 16) >= 0
+    assert key == cache_key(**base) and re.fullmatch("[0-9a-f]{64}", key)  # a sha256 hex digest, lower case
     assert key == cache_key(**{**base, "onnx_sha256": SHA.upper()})  # a hex digest's case is not identity
     changes = {"onnx_sha256": "b" * 64, "tensorrt_version": "10.13.4", "compute_capability": "9.0",
                "precision": "fp32", "profiles": (Profile("latency", 1, 1, 16), DEFAULT_PROFILES[1])}
     keys = {name: cache_key(**{**base, name: value}) for name, value in changes.items()}
     assert key not in keys.values() and len(set(keys.values())) == len(changes)
+    assert DEFAULT_PROFILES[1] == Profile("throughput", 1, 32, 128)
+    for other in (Profile("bulk", 1, 32, 128), Profile("throughput", 2, 32, 128), Profile("throughput", 1, 33, 128),
+                  Profile("throughput", 1, 32, 129)):  # every field of every profile is part of the engine
+        assert cache_key(**{**base, "profiles": (DEFAULT_PROFILES[0], other)}) != key, other
+    assert cache_key(**{**base, "profiles": DEFAULT_PROFILES[:1]}) != key  # a profile dropped
     assert cache_key(**{**base, "profiles": DEFAULT_PROFILES[::-1]}) != key  # profile order is engine layout
     assert engine_file_name("query_encoder", "fp16", key) == f"engines/query_encoder.fp16.{key[:16]}.plan"
 

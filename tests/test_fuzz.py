@@ -21,7 +21,14 @@ from zscir_export.tokenizer_json import build_clip_tokenizer_json
 
 from tests.test_preprocess import MEAN, STD, open_clip_transform, synthetic_image
 from zscir_infer import Runtime
-from zscir_infer.preprocess import ImageLoadError, PreprocessConfig, load_image, preprocess_image
+from zscir_infer.errors import ZscirError
+from zscir_infer.preprocess import (
+    ImageLoadError,
+    ImageTooLargeError,
+    PreprocessConfig,
+    load_image,
+    preprocess_image,
+)
 from zscir_infer.tokenizer import ClipTokenizer
 
 TEXT_EXAMPLES, IMAGE_EXAMPLES, BYTES_EXAMPLES, QUERY_EXAMPLES = 400, 150, 400, 60
@@ -123,7 +130,12 @@ def test_damaged_image_files_decode_or_raise_the_documented_error(case):
         image = load_image(data, max_pixels=1 << 20)
     except ImageLoadError as exc:
         COUNTS["files-refused"] += 1
-        assert str(exc)  # a message a user can act on
+        message = str(exc)
+        assert damage != "none", f"an intact {fmt} file was refused: {message}"
+        assert isinstance(exc, ZscirError)  # a user error: the command-line tools print it as one line
+        assert message.startswith(f"<{len(data)} bytes> "), message  # it names what it refuses
+        if isinstance(exc, ImageTooLargeError):
+            assert f"above the limit of {1 << 20:,}" in message or "too large" in message, message
         return
     assert image.mode == "RGB" and image.size[0] >= 1 and image.size[1] >= 1
     pixels = preprocess_image(image, PreprocessConfig(16, MEAN, STD))

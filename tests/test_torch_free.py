@@ -1,15 +1,19 @@
 """zscir_infer never imports torch, open_clip, zscir_train or zscir_export: a deployment runs without them.
 
-Checked two ways: in a subprocess where those modules cannot be imported at all (an import hook
+Checked three ways: in a subprocess where those modules cannot be imported at all (an import hook
 raises, and records who tried), the runtime indexes a gallery and answers queries with every method;
-and statically, no module of the package names them in an import, not even inside a function.
+statically, no module of the package names them in an import, not even inside a function; and the
+runtime's own tests (a chosen subset) are collected and pass under pytest with torch unimportable, so
+the suite's shared setup (tests/conftest.py, tests/fixtures/) works on a base install.
 """
 
 import ast
 import json
+import os
 import subprocess
 import sys
 import textwrap
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +48,7 @@ CHILD = textwrap.dedent("""
     import zscir_infer
     from zscir_infer import Runtime
     from zscir_infer.cli import app
-    import zscir_infer.backends.ort, zscir_infer.backends.trt, zscir_infer.contact_sheet, zscir_infer.eval
+    import zscir_infer.backends.ort, zscir_infer.backends.trt, zscir_infer.contact_sheet, zscir_eval
 
     bundle, images, gallery, show = sys.argv[1:5]
     runner = CliRunner()
@@ -101,3 +105,55 @@ def test_no_module_of_the_package_names_a_forbidden_import():
             offenders += [f"{path.relative_to(package)}:{node.lineno} {n}" for n in names
                           if n.split(".")[0] in FORBIDDEN]
     assert offenders == []
+
+
+# Runtime tests that need neither torch nor a torch-built fixture (tiny_bundle is exported with torch).
+TORCH_FREE_TESTS = ("tests/test_sources.py", "tests/test_search.py")
+REPO = Path(__file__).resolve().parent.parent
+
+# Loaded by the child interpreter at start-up (PYTHONPATH): the forbidden modules behave as not installed.
+SITECUSTOMIZE = textwrap.dedent("""
+    import atexit, importlib.abc, json, os, sys, traceback
+    FORBIDDEN = {forbidden!r}
+    attempts = []
+
+    class Forbid(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in FORBIDDEN:
+                importer = next((f.filename for f in reversed(traceback.extract_stack()[:-1])
+                                 if "importlib" not in f.filename and "<frozen" not in f.filename), "?")
+                attempts.append([name, importer])
+                raise ModuleNotFoundError(f"No module named {{name!r}} (blocked by the test)", name=name)
+            return None
+
+    sys.meta_path.insert(0, Forbid())
+
+    @atexit.register
+    def _report():
+        with open(os.environ["ZSCIR_FORBID_REPORT"], "w") as f:
+            json.dump({{"attempts": attempts,
+                       "loaded": sorted(m for m in sys.modules if m.split(".")[0] in FORBIDDEN)}}, f)
+""")
+
+
+def test_the_runtime_tests_pass_under_pytest_with_torch_unimportable(tmp_path):
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE.format(forbidden=FORBIDDEN))
+    report, junit = tmp_path / "report.json", tmp_path / "junit.xml"
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}  # the outer run's -k/-m are not the child's
+    env |= {"PYTHONPATH": os.pathsep.join([str(hook), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+            "ZSCIR_FORBID_REPORT": str(report)}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", *TORCH_FREE_TESTS, "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    seen = json.loads(report.read_text())
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:] + f"\nimport attempts: {seen['attempts']}"
+    assert seen["loaded"] == []
+    suite = ET.parse(junit).getroot().find("testsuite")
+    ran, skipped = int(suite.get("tests")), int(suite.get("skipped"))
+    assert int(suite.get("failures")) == int(suite.get("errors")) == 0
+    assert ran - skipped >= 20, f"only {ran - skipped} of the runtime tests ran"
+    reasons = [s.get("message", "") for s in suite.iter("skipped")]
+    assert not [r for r in reasons if any(name in r for name in FORBIDDEN)], reasons  # none skipped for want of torch

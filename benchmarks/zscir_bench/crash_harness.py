@@ -8,9 +8,10 @@ after the last kill the command is re-run (with `--resume` where the job has sta
 to an uninterrupted run: the same gallery with no duplicate or missing entry, a complete bundle, the
 same trained weights.
 
-    python -m tests.crash_harness --kills 20 --out results/reliability/crash.json     (from the repo root)
+    python -m zscir_bench.crash_harness --kills 20 --out results/reliability/crash.json
 
-The test suite runs the same trials with a few kills per command (tests/test_crash_safety.py).
+It needs the `[train]` extra (the trials export and train). The test suite runs the same trials with a
+few kills per command (tests/test_crash_safety.py).
 """
 
 from __future__ import annotations
@@ -38,8 +39,11 @@ TRAIN_STEPS, TRAIN_CHECKPOINT_EVERY = 24, 3
 RUN_TIMEOUT = 300.0
 POLL_SECONDS = 0.003
 EXTRA_SECONDS = 0.3  # after a progress point, the kill comes within this
-MAX_TRIALS_PER_KILL = 3
-EXPORT_FILES = 20  # about what an fp16 bundle holds (graphs, tokenizer, golden files), manifest last  # a trial whose command finished first is not a kill: try again, within limits
+MAX_TRIALS_PER_KILL = 3  # a trial whose command finished first is not a kill: try again, within limits
+EXPORT_FILES = 20  # about what an fp16 bundle holds (graphs, tokenizer, golden files), manifest last
+# The training trials' caption corpus: a small shapes world at zscir-tiny's 32 px (the training tests' size).
+CORPUS_WORLD = dict(seed=5, image_size=32, train_images=96, val_images=48, test_images=60, captions_per_image=2,
+                    corpus_captions=400, val_queries=16, test_queries=20, domain_queries=2)
 
 
 @dataclass
@@ -129,9 +133,17 @@ def make_tiny_checkpoint(work: Path) -> tuple[Path, Path]:
     return weights, save_phi_checkpoint(work / "lincir.safetensors", phi, meta)
 
 
-def make_images(folder: Path, n: int = N_IMAGES) -> Path:
-    from tests.fixtures.gallery import write_image
+def write_image(path: Path, index: int, size: tuple[int, int]) -> Path:
+    """A small image whose content depends on index (so features differ), in its suffix's format."""
+    from PIL import Image
 
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(index).integers(0, 256, (size[1] // 4, size[0] // 4, 3), dtype=np.uint8)
+    Image.fromarray(pixels).resize(size, Image.Resampling.NEAREST).save(path)
+    return path
+
+
+def make_images(folder: Path, n: int = N_IMAGES) -> Path:
     for i in range(n):
         write_image(folder / f"d{i % 3}" / f"img {i:03d} é.png", i, size=(20 + i % 13, 24))
     (folder / "d0" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
@@ -139,12 +151,11 @@ def make_images(folder: Path, n: int = N_IMAGES) -> Path:
 
 
 def make_corpus(work: Path) -> Path:
-    from tests.fixtures.train import TRAIN_WORLD
     from zscir_train.world.generate import WorldConfig, generate_world
 
     world = work / "world"
     if not (world / "world.json").is_file():
-        generate_world(WorldConfig(**TRAIN_WORLD), world)
+        generate_world(WorldConfig(**CORPUS_WORLD), world)
     return world / "corpus" / "captions.txt"
 
 
@@ -212,7 +223,8 @@ def _embed_dim(bundle: Path) -> int:
 
 
 def index_trials(work: Path, kills: int, rng: np.random.Generator) -> Outcome:
-    from zscir_infer.gallery import FEATURES, Gallery
+    from zscir_infer.gallery import Gallery
+    from zscir_infer.stores.faiss_sqlite import FEATURES
 
     bundle, env = work / "bundle", _env(work)
     if not bundle.exists():
