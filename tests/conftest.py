@@ -1,7 +1,7 @@
 """Shared test setup. Fixture modules of each area live in tests/fixtures/ and are all loaded here.
 
 torch is imported lazily (in the fixtures that need it, and here only to cap its threads): the runtime's
-tests run in an environment without torch (the base install), see tests/test_torch_free.py."""
+tests run in an environment without torch (the base install), see tests/test_infer_torch_free.py."""
 
 from pathlib import Path
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.fixtures.eval_layouts import CIRCO_IDS
-from zscir_infer.eval.circo import circo_metrics, circo_rankings, circo_submission, read_circo
+from zscir_eval.circo import circo_metrics, circo_rankings, circo_submission, read_circo
 
 # One-hot gallery of the 8 images; query weights fix the order (the reference is NOT removed).
 # q0 (ref idx 0, gt idx [2, 4, 7]): order 0, 2, 1, 4, 3, 5, 6, 7 -> relevant at ranks 2, 4, 8

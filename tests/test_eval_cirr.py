@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.fixtures.eval_layouts import CIRR_NAMES, make_cirr
-from zscir_infer.eval.cirr import cirr_metrics, cirr_rankings, cirr_submissions, read_cirr
+from zscir_eval.cirr import cirr_metrics, cirr_rankings, cirr_submissions, read_cirr
 
 # Query features over a one-hot gallery (xb = identity): query q scores image i with WEIGHTS[q][i].
 # q0 (ref 0, target 1):  order 0*, 2, 1, 3, 4, 5, 6, 7 -> without ref: target at rank 2

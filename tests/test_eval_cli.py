@@ -6,9 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 from typer.testing import CliRunner
-from zscir_bench.eval_cli import app
 
 import zscir_train.backbone
+from zscir_eval.cirr import read_cirr
+from zscir_eval.cli import app
+from zscir_infer.cli_style import EXIT_USAGE, EXIT_USER_ERROR
 from zscir_train.checkpoint import meta_for, save_phi_checkpoint
 from zscir_train.phi import build_phi
 
@@ -34,8 +36,21 @@ def test_cirr_val_writes_metrics(ckpt, cirr_root, tmp_path):
     summary = json.loads((tmp_path / "cirr-val-phi.json").read_text())
     assert summary["num_queries"] == 3 and summary["template"] == "a photo of {placeholder} that {caption}"
     assert set(summary["metrics"]) >= {"R@1", "R@5", "R@10", "R@50", "Rsubset@1", "Rsubset@2", "Rsubset@3"}
-    assert summary["metrics"]["R@10"] == 100.0  # 7 candidates once the reference is out
+    assert summary["metrics"]["R@10"] == 100.0  # every target is among the 7 candidates
     assert "Rsubset@1" in result.stdout
+
+
+def test_the_placeholder_may_be_written_out(tiny_lincir_ckpt, cirr_root, tmp_path):
+    # the contract's syntax, as `zscir-infer query --template` takes it: `$` or {placeholder}
+    # (a checkpoint naming its backbone weights: both runs encode with the same network)
+    for name, template in (("field", "a photo of {placeholder} that {caption}"), ("literal", "a photo of $ that {caption}")):
+        result = invoke(
+            "cirr", "--root", cirr_root, "--torch", tiny_lincir_ckpt, "--template", template, "--out", tmp_path / name
+        )
+        assert result.exit_code == 0, result.output
+    field, literal = (json.loads((tmp_path / n / "cirr-val-phi.json").read_text()) for n in ("field", "literal"))
+    assert literal["template"] == "a photo of $ that {caption}"
+    assert literal["metrics"] == field["metrics"]
 
 
 def test_cirr_test_writes_both_submission_files(ckpt, tmp_path):
@@ -49,6 +64,8 @@ def test_cirr_test_writes_both_submission_files(ckpt, tmp_path):
     assert (recall["version"], recall["metric"], subset["metric"]) == ("rc2", "recall", "recall_subset")
     assert set(recall) - {"version", "metric"} == {"10", "11", "12"}
     assert all(len(v) == 3 for k, v in subset.items() if k not in ("version", "metric"))
+    for q in read_cirr(root, "test").queries:  # the whole gallery but the reference, ranked
+        assert len(recall[str(q.pairid)]) == 7 and q.reference not in recall[str(q.pairid)]
 
 
 def test_circo_test_submission(ckpt, circo_root, tmp_path):
@@ -75,7 +92,7 @@ def test_missing_images_exit_nonzero_unless_skipped(ckpt, circo_root, tmp_path):
         circo_root / "COCO2017_unlabeled" / "unlabeled2017" / "000000000108.jpg"
     ).unlink()  # a ground truth of q0
     result = invoke("circo", "--root", circo_root, "--torch", ckpt, "--out", tmp_path)
-    assert result.exit_code == 2
+    assert result.exit_code == EXIT_USER_ERROR
     assert "1 of the image files" in result.stderr and "000000000108.jpg" in result.stderr
     assert "--skip-missing" in result.stderr
     result = invoke("circo", "--root", circo_root, "--torch", ckpt, "--out", tmp_path, "--skip-missing")
@@ -101,6 +118,30 @@ def test_errors_say_what_to_change(ckpt, fashioniq_root, tmp_path, args, code, m
 def test_bundle_and_torch_are_exclusive(ckpt, cirr_root, tmp_path):
     result = invoke("cirr", "--root", cirr_root, "--torch", ckpt, "--bundle", tmp_path)
     assert result.exit_code == 2 and "exactly one" in result.output
+
+
+def test_torch_on_the_command_line_wins_over_the_bundle_in_the_environment(ckpt, cirr_root, tmp_path):
+    args = ["cirr", "--root", cirr_root, "--torch", ckpt, "--method", "image", "--out", tmp_path]
+    result = runner.invoke(app, [str(a) for a in args], env={"ZSCIR_BUNDLE": str(tmp_path / "no-bundle")})
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "cirr-val-image.json").read_text())["encoder"].startswith("torch:")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--torch", "CKPT", "--device", "cuda"), "--device cuda: only a --bundle takes"),
+        (("--backbone", "zscir-tiny", "--pretrained", "WEIGHTS", "--method", "phi"), "needs an encoder with a phi"),
+    ],
+)
+def test_options_that_do_not_go_together_are_usage_errors(
+    ckpt, tiny_clip_weights, cirr_root, tmp_path, args, message
+):
+    args = [{"CKPT": ckpt, "WEIGHTS": tiny_clip_weights}.get(a, a) for a in args]
+    result = invoke("cirr", "--root", cirr_root, *args, "--out", tmp_path)
+    assert result.exit_code == EXIT_USAGE
+    assert message in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "cache").exists()  # refused before any image was encoded
 
 
 def test_gallery_cache_follows_the_architecture_not_its_name(tiny_backbone, cirr_root, tmp_path):

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 from tests.fixtures.eval_layouts import make_fashioniq
-from zscir_infer.eval.fashioniq import (
+from zscir_eval.fashioniq import (
     category_metrics,
     clean_caption,
     fashioniq_metrics,
     joined_captions,
     read_fashioniq,
 )
-from zscir_infer.eval.templates import BOTH_ORDERS, LINCIR, PIC2WORD, fashioniq_orders
+from zscir_eval.templates import BOTH_ORDERS, LINCIR, PIC2WORD, fashioniq_orders
 
 
 def test_caption_cleaning_strips_the_official_characters():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zscir_infer.eval.genecis import TASKS, genecis_metrics, read_genecis, task_metrics, task_rankings
-from zscir_infer.eval.images import ImageRef, dilated_box, expand_to_square, load_image
+from zscir_eval.genecis import TASKS, genecis_metrics, read_genecis, task_metrics, task_rankings
+from zscir_eval.images import ImageRef, dilated_box, expand_to_square
 
 
 def test_reader(genecis_root):
@@ -39,7 +39,7 @@ def test_dilated_box_by_hand():
 
 def test_crop_is_padded_to_a_centered_square(genecis_root):
     ref = ImageRef("vg", genecis_root / "VG_100K_all" / "2300.jpg", (30, 20, 20, 10))
-    crop = load_image(ref)
+    crop = ref.load()
     assert crop.size == (34, 34) and crop.mode == "RGB"
     with Image.open(ref.path) as im:
         expected = im.convert("RGB").crop((16, 13, 50, 30))  # 34 x 17, pasted at y = (34 - 17) // 2
@@ -48,6 +48,16 @@ def test_crop_is_padded_to_a_centered_square(genecis_root):
     np.testing.assert_array_equal(pixels[8:25], np.asarray(expected))
     gray = expand_to_square(Image.new("L", (4, 2), 200))
     assert gray.size == (4, 4) and gray.getpixel((0, 0)) == 0 and gray.getpixel((0, 1)) == 200
+
+
+def test_images_are_decoded_by_the_runtimes_loader(tmp_path):
+    # 16-bit grayscale is scaled to 8 bits (a plain convert("RGB") clips it to white), crop or not
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.full((30, 40), 32896, dtype=np.uint16)).save(path)  # 32896 = 128 * 257
+    for ref in (ImageRef("deep", path), ImageRef("deep-crop", path, (10, 5, 20, 15))):
+        image = ref.load()
+        assert image.mode == "RGB" and set(np.asarray(image).ravel().tolist()) <= {0, 128}
+        assert np.asarray(image).max() == 128
 
 
 def test_per_query_gallery_rankings_and_recall_by_hand(genecis_root):

@@ -1,24 +1,24 @@
 """The harness end to end with the real PyTorch reference (tiny random open_clip): every benchmark's
 metrics equal an independent numpy computation from the encoder's own outputs; caching; missing files."""
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
 
 from tests.fixtures.eval_layouts import write_image
-from zscir_infer.eval import Harness, MissingImagesError, run_benchmark, write_result
-from zscir_infer.eval.cirr import read_cirr
-from zscir_infer.eval.fashioniq import read_fashioniq
-from zscir_infer.eval.genecis import read_genecis
-from zscir_infer.eval.harness import fashioniq_query_features
-from zscir_infer.eval.imagenet_r import read_imagenet_r
-from zscir_infer.eval.images import load_image
-from zscir_infer.eval.templates import LINCIR, PIC2WORD
+from zscir_eval import Harness, MissingImagesError, QueryEncoder, run_benchmark, write_result
+from zscir_eval.cirr import read_cirr
+from zscir_eval.fashioniq import read_fashioniq
+from zscir_eval.genecis import read_genecis
+from zscir_eval.harness import fashioniq_query_features
+from zscir_eval.imagenet_r import read_imagenet_r
+from zscir_eval.templates import LINCIR, PIC2WORD
+from zscir_infer.contract import METHODS
 from zscir_train.checkpoint import meta_for
 from zscir_train.phi import build_phi
 from zscir_train.reference import TorchReference
-
-METHODS = ("phi", "slerp", "image", "text", "average")
 
 
 class CountingReference(TorchReference):
@@ -39,7 +39,7 @@ def reference(tiny_backbone):
 
 
 def open_all(refs):
-    return [load_image(ref) for ref in refs]
+    return [ref.load() for ref in refs]
 
 
 def recall(scores: np.ndarray, targets: list[int], ks) -> dict[str, float]:
@@ -59,7 +59,7 @@ def test_cirr_matches_numpy_oracle(reference, cirr_root, tmp_path, method):
     data = read_cirr(cirr_root)
     names = [ref.key for ref in data.gallery]
     xb = reference.encode_images(open_all(data.gallery))
-    pairs = [(load_image(ref), q.caption) for ref, q in zip(data.references(), data.queries, strict=True)]
+    pairs = [(ref.load(), q.caption) for ref, q in zip(data.references(), data.queries, strict=True)]
     kwargs = {"template": "a photo of $ that {caption}"} if method == "phi" else {}
     xq = reference.encode_queries(pairs, method=method, **kwargs)
     scores = xq @ xb.T
@@ -74,6 +74,18 @@ def test_cirr_matches_numpy_oracle(reference, cirr_root, tmp_path, method):
     expected |= {k.replace("R@", "Rsubset@"): v for k, v in recall(subset, targets, (1, 2, 3)).items()}
     assert {k: result.metrics[k] for k in expected} == pytest.approx(expected)
     assert result.template == ("a photo of {placeholder} that {caption}" if method == "phi" else "{caption}")
+
+
+def test_the_runtime_and_the_reference_are_query_encoders(reference, tiny_bundle):
+    from zscir_infer import Runtime
+
+    with Runtime(tiny_bundle) as runtime:
+        assert isinstance(runtime, QueryEncoder) and isinstance(reference, QueryEncoder)
+        assert (runtime.placeholder, runtime.embed_dim) == (reference.placeholder, reference.embed_dim)
+    assert not isinstance(object(), QueryEncoder)
+    wanted = set(inspect.signature(QueryEncoder.encode_queries).parameters)
+    for cls in (Runtime, TorchReference):
+        assert wanted <= set(inspect.signature(cls.encode_queries).parameters), cls
 
 
 def test_gallery_is_encoded_once_and_cached(reference, cirr_root, tmp_path):
@@ -160,7 +172,7 @@ def test_genecis_matches_numpy_oracle_on_crops(reference, genecis_root, tmp_path
         for q in task.queries:
             gallery = reference.encode_images(open_all([q.target, *q.distractors]))  # target first
             xq = reference.encode_queries(
-                [(load_image(q.reference), q.condition)], "phi", "a photo of $ that {caption}"
+                [(q.reference.load(), q.condition)], "phi", "a photo of $ that {caption}"
             )
             ranks_scores.append(np.pad((xq @ gallery.T)[0], (0, 3), constant_values=-np.inf)[:4])
             targets.append(0)

@@ -5,9 +5,9 @@
 import numpy as np
 import pytest
 
-from zscir_infer.eval.imagenet_r import DOMAINS, domain_metrics, imagenet_r_metrics, read_imagenet_r
-from zscir_infer.eval.metrics import set_recall_at_k
-from zscir_infer.eval.templates import DOMAIN_TEMPLATE, phi_template, plain_text
+from zscir_eval.imagenet_r import DOMAINS, domain_metrics, imagenet_r_metrics, read_imagenet_r
+from zscir_eval.metrics import set_recall_at_k
+from zscir_eval.templates import DOMAIN_TEMPLATE, phi_template, plain_text
 
 
 def test_reader(imagenet_r_root):

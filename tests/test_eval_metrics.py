@@ -5,7 +5,7 @@
 import numpy as np
 import pytest
 
-from zscir_infer.eval.metrics import (
+from zscir_eval.metrics import (
     average_precision_at_k,
     exact_search,
     mean_average_precision_at_k,

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
-from zscir_bench.eval_cli import app
 
+from zscir_eval import LayoutError
+from zscir_eval.cli import app
+from zscir_eval.world import world_test_splits
 from zscir_train.backbone import load_backbone
 from zscir_train.checkpoint import meta_for, save_phi_checkpoint
 from zscir_train.phi import build_phi
@@ -58,6 +60,26 @@ def zscir_eval(*args) -> None:
 
 def read(path):
     return json.loads(path.read_text())
+
+
+def test_world_test_splits_hold_the_test_queries_with_their_targets(world):
+    cirr, circo = world_test_splits(world)
+    cirr_truth = read(world / "ground_truth" / "cirr" / "cap.rc2.test1.json")
+    circo_truth = read(world / "ground_truth" / "circo" / "test.json")
+    assert len(cirr.queries) == len(circo.queries) == SMALL_WORLD.test_queries
+    assert {q.pairid: q.target for q in cirr.queries} == {q["pairid"]: q["target_hard"] for q in cirr_truth}
+    assert cirr.has_targets and circo.has_targets
+    assert {q.id: (q.target, list(q.gt)) for q in circo.queries} == {
+        q["id"]: (q["target_img_id"], q["gt_img_ids"]) for q in circo_truth
+    }
+    assert cirr.split == "test1" and circo.split == "test"
+    assert all(ref.path.is_file() for ref in cirr.gallery + circo.gallery)
+
+
+def test_a_folder_without_ground_truth_is_not_a_world(world, tmp_path):
+    (tmp_path / "cirr").symlink_to(world / "cirr")
+    with pytest.raises(LayoutError, match="zscir-train world"):
+        world_test_splits(tmp_path)
 
 
 @pytest.mark.parametrize("method", ["phi", "slerp", "image", "text", "average"])

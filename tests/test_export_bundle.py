@@ -1,7 +1,7 @@
 """The bundle as files: manifest and schema, sha256 of every file, tokenizer, golden files, atomic writes,
 one error for all validation failures, external data above 2 GiB."""
 
-import hashlib
+
 import json
 import os
 import stat
@@ -18,14 +18,10 @@ from zscir_export.model_source import resolve_source
 from zscir_export.validate import Tolerance, ValidationError
 
 from zscir_infer import load_bundle
-from zscir_infer.contract import manifest_schema_path
+from zscir_infer.contract import manifest_schema_path, sha256_file
 from zscir_infer.tokenizer import ClipTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def manifest(bundle: Path) -> dict:
@@ -66,7 +62,7 @@ def test_every_file_is_listed_with_its_sha256_and_nothing_else_is_there(tiny_bun
     on_disk = {p.relative_to(tiny_bundle).as_posix() for p in tiny_bundle.rglob("*") if p.is_file()}
     assert on_disk == set(files) | {"manifest.json"}
     for name, recorded in files.items():
-        assert sha256(tiny_bundle / name) == recorded, name
+        assert sha256_file(tiny_bundle / name) == recorded, name
 
 
 def test_manifest_fields_per_method(tiny_bundle, tiny_slerp_bundle, tiny_pic2word_bundle):
@@ -130,7 +126,7 @@ def test_all_validation_failures_are_reported_together_and_no_bundle_is_left(tin
 def test_an_interrupted_export_keeps_the_previous_bundle(tiny_source, tmp_path, monkeypatch):
     out = tmp_path / "bundle"
     export_bundle(tiny_source, ExportOptions(out))
-    before = {p.name: sha256(p) for p in out.iterdir() if p.is_file()}
+    before = {p.name: sha256_file(p) for p in out.iterdir() if p.is_file()}
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -138,7 +134,7 @@ def test_an_interrupted_export_keeps_the_previous_bundle(tiny_source, tmp_path, 
     monkeypatch.setattr(bundle_module, "write_golden", interrupted)
     with pytest.raises(KeyboardInterrupt):
         export_bundle(tiny_source, ExportOptions(out, fp16=True, force=True))
-    assert {p.name: sha256(p) for p in out.iterdir() if p.is_file()} == before
+    assert {p.name: sha256_file(p) for p in out.iterdir() if p.is_file()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
     with pytest.raises(FileExistsError, match="--force"):
         export_bundle(tiny_source, ExportOptions(out))

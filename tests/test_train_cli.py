@@ -5,9 +5,9 @@ import typer
 from typer.testing import CliRunner
 
 from zscir_train.checkpoint import load_phi_checkpoint
-from zscir_train.training.cli import register
+from zscir_train.commands.train import register
+from zscir_train.training.config import list_presets, load_preset, resolve_config
 from zscir_train.training.lincir import LinCIRConfig
-from zscir_train.training.loop import list_presets, load_preset, resolve_config
 from zscir_train.training.pic2word import Pic2WordConfig
 from zscir_train.training.tat import TATConfig
 
@@ -54,17 +54,18 @@ def test_pic2word_and_tat_commands(app, train_world, train_options, tmp_path):
     assert result.exit_code == 0, result.output
 
 
-def test_user_errors_exit_2_with_a_message(app, train_world, train_options, tmp_path):
+def test_user_errors_exit_1_with_one_error_line(app, train_world, train_options, tmp_path):
     no_sources = runner.invoke(app, ["lincir", *tiny(train_options), "--out", str(tmp_path / "a.pt")])
-    assert no_sources.exit_code == 2 and "--captions" in no_sources.output
+    assert no_sources.exit_code == 1 and "Error:" in no_sources.output and "--captions" in no_sources.output
+    assert "Traceback" not in no_sources.output
     missing = runner.invoke(app, ["pic2word", "--images", str(tmp_path / "nowhere"), *tiny(train_options),
                                   "--out", str(tmp_path / "b.pt")])
-    assert missing.exit_code == 2 and "does not exist" in missing.output
+    assert missing.exit_code == 1 and "does not exist" in missing.output
     resume = runner.invoke(app, ["pic2word", "--images", str(train_world / "train" / "unlabeled.txt"),
                                  *tiny(train_options), "--out", str(tmp_path / "c.pt"), "--resume"])
-    assert resume.exit_code == 2 and "no training state" in resume.output
+    assert resume.exit_code == 1 and "no training state" in resume.output
     unknown = runner.invoke(app, ["tat", "--pairs", "x.jsonl", "--preset", "no-such-preset"])
-    assert unknown.exit_code == 2 and "lincir-vit-l-14" in unknown.output
+    assert unknown.exit_code == 1 and "lincir-vit-l-14" in unknown.output
 
 
 @pytest.mark.parametrize("name", list_presets())

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from zscir_train.checkpoint import load_phi_checkpoint
+from zscir_train.training.config import ConfigError
 from zscir_train.training.lincir import LinCIRConfig, train_lincir
-from zscir_train.training.loop import ConfigError, GlobalOrder
+from zscir_train.training.loop import GlobalOrder
 from zscir_train.training.pic2word import Pic2WordConfig, train_pic2word
 
 RESUME_TOLERANCE = 1e-6

@@ -75,7 +75,7 @@ def test_tat_checkpoint_loads_as_the_tuned_backbone(train_world, train_options, 
 
 
 def test_tat_reproduces_the_live_lora_encoder(train_world, train_options, tiny_weights, tmp_path):
-    from zscir_train.training.loop import Dist
+    from zscir_train.training.distributed import Dist
     from zscir_train.training.tat import tat_task
 
     cfg = TATConfig(pairs=[str(train_world / "train" / "pairs.jsonl")], out=str(tmp_path / "t.safetensors"),
@@ -93,7 +93,7 @@ def test_tat_reproduces_the_live_lora_encoder(train_world, train_options, tiny_w
 
 
 def test_tat_refuses_an_out_path_open_clip_cannot_read(train_world, train_options, tmp_path):
-    from zscir_train.training.loop import ConfigError
+    from zscir_train.training.config import ConfigError
 
     with pytest.raises(ConfigError, match="safetensors"):
         train_tat(TATConfig(pairs=[str(train_world / "train" / "pairs.jsonl")], out=str(tmp_path / "tat.pt"),

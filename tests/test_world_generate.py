@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from zscir_train.cli import app as world_app
 from zscir_train.world import formats
 from zscir_train.world.attributes import ATTRIBUTES, VOCABULARY, ShapeSpec, all_specs
 from zscir_train.world.captions import STYLE_ADJECTIVES, matches, random_caption, zero_shot_prompt
-from zscir_train.world.cli import world_app
 from zscir_train.world.generate import WorldConfig, generate_world, split_specs
 from zscir_train.world.queries import TEMPLATES, phrase
 

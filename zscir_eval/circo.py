@@ -13,16 +13,15 @@ mAP@{5,10,25,50}; Recall@k of the target alone; mAP@10 per semantic aspect.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
-from zscir_infer.eval.images import ImageRef
-from zscir_infer.eval.metrics import exact_search, mean_average_precision_at_k, recall_at_k
-from zscir_infer.eval.splits import SharedGallerySplit
+from zscir_eval.images import ImageRef
+from zscir_eval.metrics import exact_search, mean_average_precision_at_k, recall_at_k
+from zscir_eval.splits import DatasetError, LayoutError, SharedGallerySplit, read_json
 
 SPLITS = ("val", "test")
 MAP_KS = (5, 10, 25, 50)
@@ -80,7 +79,7 @@ def find_circo_dir(root: Path, split: str) -> Path:
 
 def read_circo(root: str | Path, split: str = "val") -> CircoSplit:
     if split not in SPLITS:
-        raise ValueError(f"CIRCO split '{split}' is not one of {SPLITS}.")
+        raise DatasetError(f"CIRCO split '{split}' is not one of {SPLITS}.")
     root = find_circo_dir(Path(root), split)
     annotations, info = root / "annotations" / f"{split}.json", root / IMAGE_INFO
     for path, what in (
@@ -88,8 +87,8 @@ def read_circo(root: str | Path, split: str = "val") -> CircoSplit:
         (info, "unzip COCO's unlabeled2017 annotations"),
     ):
         if not path.is_file():
-            raise FileNotFoundError(f"No CIRCO file {path}: {what} under {root}.")
-    images = json.loads(info.read_text())["images"]
+            raise LayoutError(f"No CIRCO file {path}: {what} under {root}.")
+    images = read_json(info)["images"]
     gallery = [ImageRef(str(im["id"]), root / COCO_DIR / "unlabeled2017" / im["file_name"]) for im in images]
     queries = [
         CircoQuery(
@@ -101,7 +100,7 @@ def read_circo(root: str | Path, split: str = "val") -> CircoSplit:
             gt=tuple(int(g) for g in a.get("gt_img_ids", ())),
             semantic_aspects=tuple(a.get("semantic_aspects", ())),
         )
-        for a in json.loads(annotations.read_text())
+        for a in read_json(annotations)
     ]
     return CircoSplit(split, gallery, queries)
 

@@ -13,16 +13,15 @@ subset recall ranks only `img_set.members` minus the reference, Recall_s@{1,2,3}
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
-from zscir_infer.eval.images import ImageRef
-from zscir_infer.eval.metrics import recall_at_k, search_excluding, search_subsets
-from zscir_infer.eval.splits import SharedGallerySplit
+from zscir_eval.images import ImageRef
+from zscir_eval.metrics import recall_at_k, search_excluding, search_subsets
+from zscir_eval.splits import DatasetError, LayoutError, SharedGallerySplit, read_json
 
 VERSION = "rc2"
 SPLITS = {"val": "val", "test": "test1", "test1": "test1"}
@@ -71,7 +70,7 @@ def find_cirr_dir(root: Path, split: str) -> Path:
     for base in (root, root / "cirr", root / "CIRR"):
         if (base / name).is_file():
             return base
-    raise FileNotFoundError(
+    raise LayoutError(
         f"No CIRR annotations under {root}: expected {root / name} (or cirr/{name}). "
         "Clone the cirr_dataset branch of github.com/Cuberick-Orion/CIRR there."
     )
@@ -86,11 +85,11 @@ def _image_base(cirr_dir: Path, relpaths: list[str]) -> Path:
 
 def read_cirr(root: str | Path, split: str = "val") -> CirrSplit:
     if split not in SPLITS:
-        raise ValueError(f"CIRR split '{split}' is not one of {sorted(SPLITS)}.")
+        raise DatasetError(f"CIRR split '{split}' is not one of {sorted(SPLITS)}.")
     split = SPLITS[split]
     cirr_dir = find_cirr_dir(Path(root), split)
-    captions = json.loads((cirr_dir / f"captions/cap.{VERSION}.{split}.json").read_text())
-    name_to_relpath = json.loads((cirr_dir / f"image_splits/split.{VERSION}.{split}.json").read_text())
+    captions = read_json(cirr_dir / f"captions/cap.{VERSION}.{split}.json")
+    name_to_relpath = read_json(cirr_dir / f"image_splits/split.{VERSION}.{split}.json")
     base = _image_base(cirr_dir, list(name_to_relpath.values()))
     gallery = [ImageRef(name, base / rel) for name, rel in name_to_relpath.items()]
     queries = [
@@ -105,7 +104,7 @@ def read_cirr(root: str | Path, split: str = "val") -> CirrSplit:
     ]
     unknown = sorted({q.reference for q in queries} - set(name_to_relpath))[:3]
     if unknown:
-        raise ValueError(
+        raise DatasetError(
             f"CIRR {split}: reference images {unknown} are not in image_splits/split.{VERSION}.{split}.json."
         )
     return CirrSplit(split, gallery, queries)

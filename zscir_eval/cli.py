@@ -3,8 +3,9 @@
     zscir-eval cirr --root data/cirr --bundle bundles/lincir-vitl14 --split test --out runs/eval
     zscir-eval fashioniq --root data/fashion-iq --torch phi.safetensors --method slerp
 
-The commands parse and validate, build the encoder, and call `zscir_infer.eval`. The PyTorch branch
-(`--torch`, `--backbone`) imports zscir_train only when asked for, so the runtime path stays torch-free.
+The commands parse and validate, build the encoder, and call `zscir_eval`. The PyTorch branch
+(`--torch`, `--backbone`) builds the reference in `torch_encoder`, which alone imports zscir_train, and
+only when asked for: the bundle path stays torch-free.
 """
 
 from __future__ import annotations
@@ -17,16 +18,28 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from zscir_infer.backends import BACKENDS, BackendError
-from zscir_infer.bundle import sha256_file
-from zscir_infer.eval import BENCHMARKS, EvalResult, Harness, MissingImagesError, run_benchmark, write_result
-from zscir_infer.eval.harness import DEFAULT_BATCH_SIZE
+from zscir_eval import BENCHMARKS, EvalResult, Harness, QueryEncoder, run_benchmark, write_result
+from zscir_eval.harness import DEFAULT_BATCH_SIZE
+from zscir_infer.cli_style import (
+    Backend,
+    BatchSize,
+    BundleDir,
+    Device,
+    Precision,
+    Threads,
+    command,
+    console,
+    err_console,
+)
+from zscir_infer.contract import METHODS, PHI, sha256_file
+from zscir_infer.errors import UsageError
 
 RANDOM_INIT = "random-init"  # a backbone without weights is drawn anew each run: never cache its features
-EXIT_BAD_INPUT, EXIT_MISSING_IMAGES = 1, 2
+TORCH_DEVICE = "cpu"  # the PyTorch reference runs where its backbone was loaded
+BUNDLE_DEFAULTS = {"backend": "ort", "device": "cpu", "precision": "fp32"}  # options only a bundle takes
 HELP = {
     "cirr": "CIRR: Recall@{1,5,10,50} without the reference, subset Recall@{1,2,3}; test1 submission files.",
     "circo": "CIRCO: mAP@{5,10,25,50} over the top 50; test submission file.",
@@ -41,30 +54,14 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-console = Console()
-err_console = Console(stderr=True)
 
-Method = Enum("Method", {m: m for m in ("phi", "slerp", "image", "text", "average")}, type=str)
-Backend = Enum("Backend", {b: b for b in BACKENDS}, type=str)
-
+Method = Enum("Method", {m: m for m in METHODS}, type=str)
 
 Root = Annotated[
     Path,
     typer.Option("--root", help="The dataset folder, in the official layout.", exists=True, file_okay=False),
 ]
-BundleDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--bundle", help="A zscir bundle (directory with manifest.json).", exists=True, file_okay=False
-    ),
-]
-BackendOpt = Annotated[
-    Backend, typer.Option("--backend", help="With --bundle: ort (ONNX Runtime) or trt (TensorRT engines).")
-]
-Device = Annotated[str, typer.Option("--device", help="With --bundle: cpu, cuda or cuda:N.")]
-Precision = Annotated[
-    str, typer.Option("--precision", help="With --bundle: the graphs' precision (fp32, fp16).")
-]
+OptionalBundle = Annotated[(Path | None, *BundleDir.__metadata__)]  # the shared --bundle, or --torch/--backbone
 TorchCkpt = Annotated[
     Path | None,
     typer.Option(
@@ -93,7 +90,8 @@ Template = Annotated[
     str | None,
     typer.Option(
         "--template",
-        help="Prompt with {placeholder} and {caption} ({domain} for imagenet-r); default: the paper's.",
+        help="Prompt with {caption} and {placeholder} (or the placeholder itself, e.g. $); {domain} instead "
+        "of {caption} for imagenet-r. Default: the paper's.",
     ),
 ]
 Out = Annotated[
@@ -106,7 +104,6 @@ SkipMissing = Annotated[
         help="Leave out queries and gallery images whose files are missing; report how many.",
     ),
 ]
-BatchSize = Annotated[int, typer.Option("--batch-size", help="Images per encoder call.", min=1)]
 
 
 @dataclass
@@ -117,41 +114,51 @@ class EncoderChoice:
     backend: str
     device: str
     precision: str
+    threads: int | None
     ckpt: Path | None
     backbone: str | None
     pretrained: str | None
 
-    def build(self):
+    def build(self) -> tuple[QueryEncoder, str, str]:
         """(encoder, image-space id, encoder id)."""
         if (self.bundle is None) == (self.ckpt is None and self.backbone is None):
-            raise typer.BadParameter("Pass exactly one of --bundle or --torch/--backbone.")
+            raise UsageError("Pass exactly one of --bundle or --torch/--backbone.")
         if self.bundle is not None:
-            return bundle_encoder(self.bundle, self.backend, self.device, self.precision)
-        return torch_encoder(self.ckpt, self.backbone, self.pretrained)
+            return bundle_encoder(self.bundle, self.backend, self.device, self.precision, self.threads)
+        bundle_only = {"backend": self.backend, "device": self.device, "precision": self.precision}
+        given = [f"--{name} {value}" for name, value in bundle_only.items() if value != BUNDLE_DEFAULTS[name]]
+        if given:
+            raise UsageError(f"{', '.join(given)}: only a --bundle takes these; the PyTorch reference runs "
+                             f"in float32 on the {TORCH_DEVICE}.")
+        return torch_encoder(self.ckpt, self.backbone, self.pretrained, self.threads)
 
 
-def bundle_encoder(bundle: Path, backend: str, device: str, precision: str):
+def bundle_encoder(bundle: Path, backend: str, device: str, precision: str, threads: int | None):
     """The torch-free runtime on a bundle -> (encoder, image-space id, encoder id)."""
     from zscir_infer import Runtime
 
-    runtime = Runtime(bundle, backend=backend, device=device, precision=precision)
+    runtime = Runtime(bundle, backend=backend, device=device, precision=precision, threads=threads)
     setting = f"{backend}:{device.split(':')[0]}:{precision}"  # features differ slightly across these
     return runtime, f"bundle:{runtime.image_space_id}:{setting}", f"bundle:{runtime.bundle_id}:{setting}"
 
 
-def torch_encoder(ckpt: Path | None, backbone_name: str | None, pretrained: str | None):
+def torch_encoder(ckpt: Path | None, backbone_name: str | None, pretrained: str | None, threads: int | None):
     """The PyTorch reference from a phi checkpoint and/or a backbone -> (encoder, image-space id, encoder id).
 
-    zscir_train is imported here only, so the bundle path never loads torch.
+    The only place zscir_eval imports torch's side, and only when called: the bundle path never loads it.
     """
+    import torch
+
     from zscir_train.backbone import load_backbone
     from zscir_train.checkpoint import check_dims, load_phi_checkpoint
     from zscir_train.reference import TorchReference
 
+    if threads is not None:
+        torch.set_num_threads(threads)
     phi, meta = load_phi_checkpoint(ckpt) if ckpt is not None else (None, None)
     name = backbone_name or (meta.backbone_name if meta else None)
     if name is None:
-        raise typer.BadParameter(f"{ckpt} does not name its backbone: pass --backbone (and --pretrained).")
+        raise UsageError(f"{ckpt} does not name its backbone: pass --backbone (and --pretrained).")
     if not backbone_name and meta is not None:
         pretrained = meta.backbone_pretrained
     backbone = load_backbone(name, pretrained)
@@ -171,12 +178,12 @@ def print_result(result: EvalResult, paths: list[Path]) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in result.metrics.items():
-        table.add_row(name, f"{value:.2f}")
+        table.add_row(escape(name), f"{value:.2f}")
     if result.metrics:
         console.print(table)
-    console.print(f"template: {result.template}")
+    console.print(f"template: {escape(result.template)}")
     for path in paths:
-        console.print(f"wrote {path}")
+        console.print(f"wrote {escape(str(path))}")
 
 
 def evaluate(
@@ -190,45 +197,42 @@ def evaluate(
     skip_missing: bool,
     batch_size: int,
 ) -> None:
-    try:
-        encoder, image_space, encoder_id = choice.build()
-        cache_dir = None if RANDOM_INIT in image_space else out / "cache"
-        harness = Harness(encoder, image_space, cache_dir, batch_size, err_console, encoder_id)
-        result = run_benchmark(
-            harness, benchmark, root, split=split, method=method, template=template, skip_missing=skip_missing
-        )
-    except MissingImagesError as exc:
-        err_console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(EXIT_MISSING_IMAGES) from exc
-    except (FileNotFoundError, ValueError, BackendError) as exc:
-        err_console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(EXIT_BAD_INPUT) from exc
+    encoder, image_space, encoder_id = choice.build()
+    cache_dir = None if RANDOM_INIT in image_space else out / "cache"
+    harness = Harness(encoder, image_space, cache_dir, batch_size, err_console, encoder_id)
+    result = run_benchmark(
+        harness, benchmark, root, split=split, method=method, template=template, skip_missing=skip_missing
+    )
     print_result(result, write_result(result, out))
 
 
 def benchmark_command(benchmark: str):
-    def command(
+    def run(
+        ctx: typer.Context,
         root: Root,
-        bundle: BundleDir = None,
-        backend: BackendOpt = Backend.ort,
-        device: Device = "cpu",
-        precision: Precision = "fp32",
+        bundle: OptionalBundle = None,
+        backend: Backend = BUNDLE_DEFAULTS["backend"],
+        device: Device = BUNDLE_DEFAULTS["device"],
+        precision: Precision = BUNDLE_DEFAULTS["precision"],
+        threads: Threads = None,
         ckpt: TorchCkpt = None,
         backbone: BackboneName = None,
         pretrained: Pretrained = None,
         split: Split = "val",
-        method: MethodOpt = Method.phi,
+        method: MethodOpt = Method[PHI],
         template: Template = None,
         out: Out = Path("runs/eval"),
         skip_missing: SkipMissing = False,
         batch_size: BatchSize = DEFAULT_BATCH_SIZE,
     ) -> None:
-        choice = EncoderChoice(bundle, backend.value, device, precision, ckpt, backbone, pretrained)
+        if (ckpt or backbone) and ctx.get_parameter_source("bundle").name == "ENVIRONMENT":
+            bundle = None  # --torch / --backbone on the command line win over $ZSCIR_BUNDLE
+        choice = EncoderChoice(bundle, backend, device, precision, threads, ckpt, backbone, pretrained)
         evaluate(benchmark, root, choice, split, method.value, template, out, skip_missing, batch_size)
 
-    command.__doc__ = HELP[benchmark]
-    return command
+    run.__doc__ = HELP[benchmark]
+    return run
 
 
 for _name in BENCHMARKS:
-    app.command(_name)(benchmark_command(_name))
+    command(app, _name)(benchmark_command(_name))

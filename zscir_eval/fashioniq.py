@@ -15,16 +15,15 @@ The test split has no targets and no public server, so only val is evaluated.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
-from zscir_infer.eval.images import ImageRef
-from zscir_infer.eval.metrics import exact_search, recall_at_k
-from zscir_infer.eval.splits import PartedSplit
+from zscir_eval.images import ImageRef
+from zscir_eval.metrics import exact_search, recall_at_k
+from zscir_eval.splits import DatasetError, LayoutError, PartedSplit, read_json
 
 CATEGORIES = ("dress", "shirt", "toptee")
 SPLITS = ("val",)
@@ -82,7 +81,7 @@ def _captions_file(root: Path, category: str, split: str) -> Path:
     paths = [root / d / f"cap.{category}.{split}.json" for d in CAPTION_DIRS]
     path = next((p for p in paths if p.is_file()), None)
     if path is None:
-        raise FileNotFoundError(
+        raise LayoutError(
             f"No FashionIQ captions for {category}/{split}: expected {paths[0]} (or {paths[1]}). "
             "Get captions/ and image_splits/ from github.com/XiaoxiaoGuo/fashion-iq."
         )
@@ -90,12 +89,12 @@ def _captions_file(root: Path, category: str, split: str) -> Path:
 
 
 def read_category(root: Path, category: str, split: str) -> FashionIQCategory:
-    entries = json.loads(_captions_file(root, category, split).read_text())
+    entries = read_json(_captions_file(root, category, split))
     split_file = root / "image_splits" / f"split.{category}.{split}.json"
     if not split_file.is_file():
-        raise FileNotFoundError(f"No FashionIQ image split {split_file}.")
+        raise LayoutError(f"No FashionIQ image split {split_file}.")
     images_dir = root / "images"
-    gallery_ids = json.loads(split_file.read_text())
+    gallery_ids = read_json(split_file)
     images = {i: _image_ref(images_dir, i) for i in gallery_ids}
     queries = []
     for e in entries:
@@ -104,7 +103,7 @@ def read_category(root: Path, category: str, split: str) -> FashionIQCategory:
         queries.append(FashionIQQuery(e["candidate"], e["target"], (c1, c2)))
     outside = sorted({q.target for q in queries} - set(gallery_ids))[:3]
     if outside:
-        raise ValueError(f"FashionIQ {category}/{split}: targets {outside} are not in {split_file}.")
+        raise DatasetError(f"FashionIQ {category}/{split}: targets {outside} are not in {split_file}.")
     return FashionIQCategory(category, [images[i] for i in gallery_ids], queries, images)
 
 
@@ -112,7 +111,7 @@ def read_fashioniq(
     root: str | Path, split: str = "val", categories: tuple[str, ...] = CATEGORIES
 ) -> FashionIQSplit:
     if split not in SPLITS:
-        raise ValueError(
+        raise DatasetError(
             f"FashionIQ split '{split}': only {SPLITS} can be evaluated (test targets are not public and "
             "there is no evaluation server)."
         )

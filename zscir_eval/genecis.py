@@ -14,16 +14,15 @@ each query ranks its own gallery, the target plus the distractors; Recall@{1,2,3
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
-from zscir_infer.eval.images import ImageRef
-from zscir_infer.eval.metrics import recall_at_k, search_subsets
-from zscir_infer.eval.splits import PartedSplit
+from zscir_eval.images import ImageRef
+from zscir_eval.metrics import recall_at_k, search_subsets
+from zscir_eval.splits import DatasetError, LayoutError, PartedSplit, read_json
 
 TASKS = ("focus_attribute", "change_attribute", "focus_object", "change_object")
 SPLITS = ("val",)
@@ -90,7 +89,7 @@ def _task_file(root: Path, task: str) -> Path:
     paths = [root / d / f"{task}.json" for d in JSON_DIRS]
     path = next((p for p in paths if p.is_file()), None)
     if path is None:
-        raise FileNotFoundError(
+        raise LayoutError(
             f"No GeneCIS file for {task}: expected {paths[0]} (or {paths[1]}); download the GeneCIS "
             "JSONs (github.com/facebookresearch/genecis) there."
         )
@@ -99,7 +98,7 @@ def _task_file(root: Path, task: str) -> Path:
 
 def read_task(root: Path, task: str) -> GenecisTask:
     image = attribute_image if "attribute" in task else object_image
-    samples = json.loads(_task_file(root, task).read_text())
+    samples = read_json(_task_file(root, task))
     queries = [
         GenecisQuery(
             reference=image(root, s["reference"]),
@@ -114,10 +113,10 @@ def read_task(root: Path, task: str) -> GenecisTask:
 
 def read_genecis(root: str | Path, split: str = "val", tasks: tuple[str, ...] = TASKS) -> GenecisSplit:
     if split not in SPLITS:
-        raise ValueError(f"GeneCIS has one split, 'val' (got '{split}').")
+        raise DatasetError(f"GeneCIS has one split, 'val' (got '{split}').")
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
-        raise ValueError(f"Unknown GeneCIS task(s) {unknown}: choose from {TASKS}.")
+        raise DatasetError(f"Unknown GeneCIS task(s) {unknown}: choose from {TASKS}.")
     return GenecisSplit(split, [read_task(Path(root), t) for t in tasks])
 
 

@@ -1,10 +1,10 @@
-"""Run a benchmark with any encoder that has the runtime's interface, and write what it gives.
+"""Run a benchmark with a `QueryEncoder` (the runtime, or the PyTorch reference passed in).
 
-The encoder (`zscir_infer.Runtime` on a bundle, or the PyTorch reference) provides
-`encode_images(list of PIL images) -> [N, D]`, `encode_queries(list of (image, text), method=...,
-template=...) -> [Q, D]` (normalized float32) and `placeholder`. The gallery is encoded once and cached
-on disk; queries are encoded in batches; rankings come from exact FAISS search and the metrics from
-the benchmark modules, which can also be called directly with precomputed features or rankings.
+The gallery is encoded once and cached on disk; queries are encoded in batches; rankings come from
+exact FAISS search and the metrics from the benchmark modules, which can also be called directly with
+precomputed features or rankings. `run_benchmark` reads a split in its official layout; `score_split`
+scores a split already read (e.g. the shapes world's test split with its ground truth, `world.py`);
+`write_result` writes the metrics and the submission files.
 """
 
 # ruff: noqa: E741 -- `I` is FAISS's name for the [Q, K] ranking of gallery indices
@@ -20,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from zscir_infer.atomic import atomic_path, atomic_write_json
-from zscir_infer.eval import circo, cirr, fashioniq, genecis, imagenet_r
-from zscir_infer.eval.images import ImageRef, describe_missing, find_missing, load_image
-from zscir_infer.eval.templates import (
-    PHI_METHODS,
+from zscir_eval import circo, cirr, fashioniq, genecis, imagenet_r
+from zscir_eval.encoder import QueryEncoder
+from zscir_eval.images import ImageRef, describe_missing, find_missing
+from zscir_eval.splits import DatasetError
+from zscir_eval.templates import (
     check_template,
     default_template,
     fashioniq_orders,
@@ -34,6 +35,9 @@ from zscir_infer.eval.templates import (
     plain_text,
     prompt_style,
 )
+from zscir_infer.atomic import atomic_path, atomic_write_json
+from zscir_infer.contract import IMAGE, METHODS, PHI
+from zscir_infer.errors import UsageError, ZscirError
 from zscir_infer.gallery import Gallery
 
 BENCHMARKS = ("cirr", "circo", "fashioniq", "genecis", "imagenet-r")
@@ -48,7 +52,7 @@ DEFAULT_BATCH_SIZE = 32
 DECODE_THREADS = 4  # Pillow decodes outside the GIL
 
 
-class MissingImagesError(FileNotFoundError):
+class MissingImagesError(ZscirError, FileNotFoundError):
     """Image files the split needs are absent; the message lists them and the way out."""
 
 
@@ -114,7 +118,7 @@ class Harness:
 
     def __init__(
         self,
-        encoder,
+        encoder: QueryEncoder,
         image_space: str,
         cache_dir: str | Path | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
@@ -127,7 +131,6 @@ class Harness:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.batch_size = batch_size
         self.console = console or Console(stderr=True)
-        self.placeholder = getattr(encoder, "placeholder", None)
 
     def _image_batches(self, refs: Sequence[ImageRef], description: str):
         """(start, decoded images) per batch of refs, with a progress bar."""
@@ -138,7 +141,7 @@ class Harness:
         ):
             task = progress.add_task(description, total=len(refs))
             for start in range(0, len(refs), self.batch_size):
-                images = list(pool.map(load_image, refs[start : start + self.batch_size]))
+                images = list(pool.map(ImageRef.load, refs[start : start + self.batch_size]))
                 yield start, images
                 progress.advance(task, len(images))
 
@@ -153,11 +156,16 @@ class Harness:
         )
 
     def query_features(
-        self, refs: Sequence[ImageRef], captions: Sequence[str], template: str, method: str, domain: str = ""
+        self,
+        refs: Sequence[ImageRef],
+        captions: Sequence[str],
+        template: str,
+        method: str,
+        domain: str | None = None,
     ) -> np.ndarray:
         """Normalized composed-query features [Q, D] for reference images and captions."""
-        if method in PHI_METHODS:
-            kwargs = {"template": phi_template(template, self.placeholder, domain)}
+        if method == PHI:
+            kwargs = {"template": phi_template(template, self.encoder.placeholder, domain)}
             texts = list(captions)
         else:
             kwargs = {}
@@ -231,7 +239,7 @@ def _run_imagenet_r(h: Harness, data: imagenet_r.ImagenetRSplit, method: str, te
     xb = h.gallery_features(data.gallery)
     per_domain, xq = {}, None
     for domain in imagenet_r.DOMAINS:
-        if xq is None or method != "image":  # the image-only query is the same for every domain
+        if xq is None or method != IMAGE:  # the image-only query is the same for every domain
             xq = h.query_features(data.queries, [""] * len(data.queries), template, method, domain=domain)
         per_domain[domain] = imagenet_r.domain_metrics(data, domain, imagenet_r.domain_rankings(data, xq, xb))
     return imagenet_r.imagenet_r_metrics(per_domain), {}
@@ -261,7 +269,7 @@ def exclude_missing(data, root: Path, skip_missing: bool, console: Console):
     data, excluded = data.without({ref.key for ref in missing})
     excluded["missing_files"] = len({ref.path for ref in missing})
     console.print(
-        f"[yellow]{report}\n--skip-missing: left out {excluded['queries']} queries and "
+        f"[yellow]{escape(report)}\n--skip-missing: left out {excluded['queries']} queries and "
         f"{excluded['gallery']} gallery images.[/yellow]"
     )
     return data, excluded
@@ -273,24 +281,50 @@ def run_benchmark(
     root: str | Path,
     *,
     split: str = "val",
-    method: str = "phi",
+    method: str = PHI,
     template: str | None = None,
     skip_missing: bool = False,
 ) -> EvalResult:
     """Read the split in its official layout, encode, rank and score it (or build its submission)."""
     if benchmark not in READERS:
-        raise ValueError(f"Unknown benchmark '{benchmark}': choose from {BENCHMARKS}.")
+        raise UsageError(f"Unknown benchmark '{benchmark}': choose from {BENCHMARKS}.")
     root = Path(root)
     data = READERS[benchmark](root, split)
     data, excluded = exclude_missing(data, root, skip_missing, harness.console)
     empty = [part for part, n in data.query_counts.items() if n == 0]
     if empty:
-        raise ValueError(
-            f"{benchmark} {split} under {root}: no query left to evaluate in {', '.join(empty)}."
+        raise DatasetError(f"{benchmark} {split} under {root}: no query left to evaluate in {', '.join(empty)}.")
+    return score_split(harness, benchmark, data, method=method, template=template, excluded=excluded)
+
+
+def score_split(
+    harness: Harness,
+    benchmark: str,
+    data,
+    *,
+    method: str = PHI,
+    template: str | None = None,
+    excluded: dict[str, int] | None = None,
+) -> EvalResult:
+    """Encode, rank and score a split already read, or build its submission.
+
+    data: what `READERS[benchmark]` returns, every image present; template: None for the paper's;
+    excluded: what was left out of the split, recorded with the result.
+    """
+    if benchmark not in RUNNERS:
+        raise UsageError(f"Unknown benchmark '{benchmark}': choose from {BENCHMARKS}.")
+    if method not in METHODS:
+        raise UsageError(f"Unknown method '{method}': choose from {METHODS}.")
+    placeholder = harness.encoder.placeholder
+    if method == PHI and placeholder is None:
+        others = ", ".join(m for m in METHODS if m != PHI)
+        raise UsageError(
+            f"Method '{PHI}' needs an encoder with a phi (a phi bundle or checkpoint); this one has none: "
+            f"use one of {others}."
         )
     style = prompt_style(harness.encoder)
     template = template or default_template(benchmark, method, style)
-    check_template(template, benchmark, method)
+    check_template(template, benchmark, method, placeholder)
     metrics, submissions = RUNNERS[benchmark](harness, data, method, template, style)
     return EvalResult(
         benchmark,
@@ -300,7 +334,7 @@ def run_benchmark(
         harness.encoder_id,
         sum(data.query_counts.values()),
         metrics,
-        excluded,
+        excluded or {},
         submissions,
     )
 

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from zscir_infer.eval.images import ImageRef
-from zscir_infer.eval.metrics import exact_search, set_recall_at_k
+from zscir_eval.images import ImageRef
+from zscir_eval.metrics import exact_search, set_recall_at_k
+from zscir_eval.splits import DatasetError, LayoutError
 
 DOMAINS = ("cartoon", "origami", "toy", "sculpture")  # the prompt order fixes the label offsets
 DOMAIN_LABEL_OFFSET = 1000  # Pic2Word's n_class: target label = class + 1000 * domain index
@@ -68,7 +69,7 @@ def _read_list(path: Path, base: Path) -> tuple[list[ImageRef], np.ndarray]:
         if not parts:
             continue
         if len(parts) != 2:
-            raise ValueError(f"{path}:{n}: expected 'relative/path label', got {line!r}.")
+            raise DatasetError(f"{path}:{n}: expected 'relative/path label', got {line!r}.")
         refs.append(ImageRef(parts[0], base / parts[0]))
         labels.append(int(parts[1]))
     return refs, np.array(labels, dtype=np.int64)
@@ -76,14 +77,14 @@ def _read_list(path: Path, base: Path) -> tuple[list[ImageRef], np.ndarray]:
 
 def read_imagenet_r(root: str | Path, split: str = "val") -> ImagenetRSplit:
     if split not in SPLITS:
-        raise ValueError(f"ImageNet-R domain conversion has one split, 'val' (got '{split}').")
+        raise DatasetError(f"ImageNet-R domain conversion has one split, 'val' (got '{split}').")
     root = Path(root)
     if (root / "imgnet" / QUERY_FILE).is_file():
         lists, base = root / "imgnet", root
     elif (root / QUERY_FILE).is_file():
         lists, base = root, root.parent
     else:
-        raise FileNotFoundError(
+        raise LayoutError(
             f"No {QUERY_FILE} under {root} or {root / 'imgnet'}: copy data/imgnet/ of "
             "github.com/google-research/composed_image_retrieval there, with the images it lists."
         )

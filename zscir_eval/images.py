@@ -1,7 +1,9 @@
 """Images the benchmarks name: where they live, how they are cropped, and which are missing.
 
 An `ImageRef` is one image as a benchmark uses it: a stable key (the dataset's own image name or id,
-plus the crop for GeneCIS attribute images), the file it is read from, and an optional box.
+plus the crop for GeneCIS attribute images), the file it is read from, and an optional box. Files are
+decoded by the runtime's loader (`zscir_infer.preprocess.load_image`: 16-bit scaling, decompression-bomb
+guard, EXIF orientation), so a benchmark sees an image exactly as `zscir-infer` does.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
+
+from zscir_infer.preprocess import load_image
 
 # GeneCIS attribute images (facebookresearch/genecis datasets/vaw_dataset.py): the instance box is
 # grown by DILATION times its size towards the bottom-right from a top-left moved up-left by as much,
@@ -25,6 +29,13 @@ class ImageRef:
     key: str  # unique within a benchmark split: the dataset's image name, or name + box
     path: Path
     box: tuple[float, float, float, float] | None = None  # [x, y, w, h] in pixels (GeneCIS attributes)
+
+    def load(self) -> Image.Image:
+        """The RGB image the benchmark feeds the encoder (cropped and padded where the protocol says so)."""
+        image = load_image(self.path)
+        if self.box is None:
+            return image
+        return expand_to_square(image.crop(dilated_box(self.box, *image.size)))
 
 
 def dilated_box(box: tuple[float, float, float, float], width: int, height: int) -> tuple[float, ...]:
@@ -46,15 +57,6 @@ def expand_to_square(image: Image.Image) -> Image.Image:
     square = Image.new(image.mode, (side, side), color)
     square.paste(image, ((side - width) // 2, (side - height) // 2))
     return square
-
-
-def load_image(ref: ImageRef) -> Image.Image:
-    """The RGB image a benchmark feeds the encoder (cropped and padded where the protocol says so)."""
-    with Image.open(ref.path) as image:
-        image.load()
-        if ref.box is not None:
-            image = expand_to_square(image.crop(dilated_box(ref.box, *image.size)))
-        return image.convert("RGB")
 
 
 def find_missing(refs: list[ImageRef]) -> list[ImageRef]:

@@ -4,14 +4,38 @@
 `PartedSplit` (FashionIQ categories, GeneCIS tasks): independent parts, each with its own queries.
 Both give `query_counts` (per part), `image_refs` (every image needed, to check for missing files)
 and `without(missing keys)` -> (the split without them, {"queries": n, "gallery": n} left out).
+
+The readers' errors a user can act on: `LayoutError` (a file of the official layout is absent) and
+`DatasetError` (a split the benchmark does not have, or annotations that contradict each other).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 from typing import ClassVar
 
-from zscir_infer.eval.images import ImageRef
+from zscir_eval.images import ImageRef
+from zscir_infer.errors import ZscirError
+
+
+class LayoutError(ZscirError, FileNotFoundError):
+    """A dataset folder is not in the official layout; the message names the file and where to get it."""
+
+
+class DatasetError(ZscirError, ValueError):
+    """A split, task or annotation the benchmark cannot be evaluated on; the message says which."""
+
+
+def read_json(path: Path):
+    """An annotation file's content; an absent file is a LayoutError, one that is not JSON a DatasetError."""
+    if not path.is_file():
+        raise LayoutError(f"No annotation file {path}: the dataset folder is incomplete.")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path} is not valid JSON ({exc}): download it again.") from exc
 
 
 class SharedGallerySplit:

@@ -15,6 +15,14 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+FILE_MODE, DIR_MODE = 0o666, 0o777  # before the umask, as open() and mkdir() create them
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; set it straight back
+    os.umask(mask)
+    return mask
+
 
 def fsync_dir(path: str | os.PathLike) -> None:
     fd = os.open(path, os.O_RDONLY)
@@ -30,6 +38,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    os.fchmod(fd, FILE_MODE & ~_umask())  # mkstemp makes 0600: give the result a file's usual mode
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -93,6 +102,7 @@ def atomic_directory(path: str | os.PathLike, force: bool = False) -> Iterator[P
         raise FileExistsError(f"{path} already exists: pass --force to replace it, or choose another --out.")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, DIR_MODE & ~_umask())  # mkdtemp makes 0700: give the result a directory's usual mode
     try:
         yield tmp
         for f in tmp.rglob("*"):

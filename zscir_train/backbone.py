@@ -7,37 +7,30 @@ random one for tests; `load_backbone("path/to/arch.json", "weights.safetensors")
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import open_clip
 import torch
 
-MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
-open_clip.add_model_config(MODEL_CONFIG_DIR)
+from zscir_infer.contract import PreprocessConfig, PreprocessConfigError
+from zscir_infer.errors import ZscirError
 
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 ARCH_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
 
 
-class BackboneError(ValueError):
+class BackboneError(ZscirError, ValueError):
     """A backbone cannot be built from what was given; the message says what to change."""
 
 
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """open_clip's eval transform, as data (the bundle manifest records exactly this)."""
-
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bicubic"
-    resize_mode: str = "shortest"
-    fill_color: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+@functools.cache
+def register_model_configs() -> None:
+    """Make zscir's architectures (zscir-tiny, world-clip) known to open_clip; once per process."""
+    open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 
 @dataclass
@@ -110,6 +103,7 @@ def load_backbone(name: str, pretrained: str | None = None, *, device: str | tor
     or a path to an architecture JSON. pretrained: an open_clip tag ("openai"), a local weights file,
     or None for random weights (tests, benchmarks of speed).
     """
+    register_model_configs()
     name = _register_architecture(str(name))
     if name not in open_clip.list_models():
         raise BackboneError(
@@ -131,14 +125,17 @@ def load_backbone(name: str, pretrained: str | None = None, *, device: str | tor
     model.eval().requires_grad_(False)
     pp = open_clip.get_model_preprocess_cfg(model)
     size = pp["size"]
-    preprocess = PreprocessConfig(
-        image_size=int(size if isinstance(size, int) else size[0]),
-        mean=tuple(float(m) for m in pp["mean"]),
-        std=tuple(float(s) for s in pp["std"]),
-        interpolation=pp.get("interpolation", "bicubic"),
-        resize_mode=pp.get("resize_mode", "shortest"),
-        fill_color=int(pp.get("fill_color", 0)),
-    )
+    try:
+        preprocess = PreprocessConfig(
+            image_size=int(size if isinstance(size, int) else size[0]),
+            mean=tuple(float(m) for m in pp["mean"]),
+            std=tuple(float(s) for s in pp["std"]),
+            interpolation=pp.get("interpolation", "bicubic"),
+            resize_mode=pp.get("resize_mode", "shortest"),
+            fill_color=int(pp.get("fill_color", 0)),
+        )
+    except PreprocessConfigError as exc:
+        raise BackboneError(f"{name}: open_clip's preprocessing is not one zscir can export ({exc}).") from exc
     tokenizer = open_clip.get_tokenizer(name)
     return Backbone(
         model=model,

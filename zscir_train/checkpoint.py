@@ -19,6 +19,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from zscir_infer.atomic import atomic_path
+from zscir_infer.contract import PHI_KINDS
+from zscir_infer.errors import ZscirError
 from zscir_train import __version__
 from zscir_train.phi import build_phi, phi_kind
 
@@ -38,7 +40,7 @@ METHOD_PHI_KIND = {"lincir": "lincir", "searle": "lincir", "pic2word": "pic2word
 METHOD_PLACEHOLDER = {"lincir": LINCIR_PLACEHOLDER, "searle": LINCIR_PLACEHOLDER, "pic2word": PIC2WORD_PLACEHOLDER}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ZscirError, ValueError):
     """A checkpoint cannot be used; the message names the file and what to do."""
 
 
@@ -72,6 +74,9 @@ class PhiMeta:
                 f"{path} has checkpoint format {data['format_version']}, newer than this zscir reads "
                 f"({FORMAT_VERSION}): upgrade zscir."
             )
+        if data.get("phi_kind") not in PHI_KINDS:
+            raise CheckpointError(f"{path} names phi form {data.get('phi_kind')!r}, not one of {PHI_KINDS}: "
+                                  "the checkpoint's metadata is damaged or from another tool.")
         known = cls.__dataclass_fields__.keys()
         return cls(**{k: v for k, v in data.items() if k in known})
 

@@ -1,8 +1,9 @@
 """The PyTorch composed-query encoder: the reference that export and the runtime are checked against.
 
 A composed query = phi(image features) substituted as a pseudo-token into a prompt such as
-`a photo of $ that {caption}`, then CLIP's text path. The substitution is a fixed-length `where` at every
-position whose id is the placeholder's (no nonzero/cat), so the module exports with static shapes.
+`a photo of $ that {caption}` (filled by `zscir_infer.contract.fill_template`), then CLIP's text path.
+The substitution is a fixed-length `where` at every position whose id is the placeholder's (no
+nonzero/cat), so the module exports with static shapes.
 """
 
 from __future__ import annotations
@@ -11,13 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SLERP_PARALLEL_COS = 0.9995  # above this |cos|, slerp falls back to normalized linear interpolation
-DEFAULT_SLERP_ALPHA = 0.8  # text weight; the Slerp paper reports 0.8-0.9
-NORM_EPS = 1e-12
-
-
-class TemplateError(ValueError):
-    """A prompt template cannot be used; the message says why."""
+from zscir_infer.contract import NORM_EPS, SLERP_PARALLEL_COS, TemplateError
 
 
 def placeholder_token_id(tokenizer, placeholder: str) -> int:
@@ -26,18 +21,6 @@ def placeholder_token_id(tokenizer, placeholder: str) -> int:
     if len(ids) != 3:  # SOT, the token, EOT
         raise TemplateError(f"Placeholder '{placeholder}' is {len(ids) - 2} BPE tokens; it must be exactly one.")
     return ids[1]
-
-
-def fill_template(template: str, caption: str, placeholder: str | None) -> str:
-    """Insert the caption into the template; a phi template must hold the placeholder."""
-    if "{caption}" not in template:
-        raise TemplateError(f"Template '{template}' has no '{{caption}}' field.")
-    if placeholder is not None and placeholder not in template:
-        raise TemplateError(
-            f"Template '{template}' does not contain the placeholder '{placeholder}': the image token would be "
-            f"dropped. Put '{placeholder}' where the image belongs, e.g. 'a photo of {placeholder} that {{caption}}'."
-        )
-    return template.replace("{caption}", caption)
 
 
 def encode_text_with_pseudo(
@@ -75,7 +58,8 @@ class ComposedQueryEncoder(nn.Module):
 def slerp(v_img: torch.Tensor, v_txt: torch.Tensor, alpha: float) -> torch.Tensor:
     """Spherical interpolation from image (alpha=0) to text (alpha=1); inputs normalized first, output unit.
 
-    Near-parallel pairs (|cos| > 0.9995, where sin(theta) -> 0) use normalized linear interpolation.
+    Near-parallel pairs (|cos| > SLERP_PARALLEL_COS, where sin(theta) -> 0) use normalized linear
+    interpolation. The runtime computes the same formula in numpy with the same constants.
     """
     a = F.normalize(v_img, dim=-1, eps=NORM_EPS)
     b = F.normalize(v_txt, dim=-1, eps=NORM_EPS)

@@ -12,12 +12,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from zscir_infer.contract import PHI_KINDS
+
 LINCIR_EXPANSION = 4  # hidden = 4 * D in LinCIR/SEARLE
 LINCIR_DROPOUT = 0.5
 PIC2WORD_HIDDEN = 512
 PIC2WORD_DROPOUT = 0.1
 PIC2WORD_BLOCKS = 2
-PHI_KINDS = ("lincir", "pic2word")
 
 
 class LinCIRPhi(nn.Module):

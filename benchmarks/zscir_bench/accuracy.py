@@ -2,31 +2,35 @@
 
 Every method (each phi checkpoint's pseudo-token method, slerp and the baselines) is evaluated with the
 PyTorch reference and with the runtime at fp32, fp16 and int8, through the evaluation harness
-(`zscir_infer.eval`) on the world's test split laid out as a val split with its ground truth
-(`<world>/ground_truth`): CIRR protocol R@1/5/10 (reference removed) and CIRCO protocol mAP@10.
+(`zscir_eval`) on the world's test split with its ground truth (`zscir_eval.world.world_test_splits`):
+CIRR protocol R@1/5/10 (reference removed) and CIRCO protocol mAP@10.
 The bundles are exported from the checkpoints here, so the comparison is one command.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 
-from zscir_infer.eval import Harness, run_benchmark
+from zscir_eval import Harness, score_split
+from zscir_eval.circo import CircoSplit
+from zscir_eval.cirr import CirrSplit
+from zscir_eval.world import world_test_splits
+from zscir_infer.contract import PHI, TRAINING_FREE_METHODS
+from zscir_infer.errors import ZscirError
 
 CIRR_METRICS = ("R@1", "R@5", "R@10")
 CIRCO_METRICS = ("mAP@10",)
 METRICS = CIRR_METRICS + CIRCO_METRICS
-BASELINES = ("slerp", "image", "text", "average")
 DEFAULT_BACKENDS = ("torch", "ort-fp32", "ort-fp16", "ort-int8")
-CIRR_TEST_SPLIT = "split.rc2.test1.json"
-CIRR_TEST_IMAGES = "test1"
-CIRCO_IMAGES = "COCO2017_unlabeled"
+
+
+class AccuracySetupError(ZscirError, ValueError):
+    """The comparison cannot be run as asked; the message says which option to pass."""
 
 
 @dataclass(frozen=True)
@@ -37,27 +41,6 @@ class Encoders:
     bundle: Path
     checkpoint: Path | None
     methods: tuple[str, ...]  # the harness methods run with it
-
-
-def test_views(world: Path, root: Path) -> tuple[Path, Path]:
-    """The world's test queries with their targets as CIRR and CIRCO *val* splits (symlinked images)."""
-    cirr, circo = root / "cirr", root / "circo"
-    (cirr / "captions").mkdir(parents=True, exist_ok=True)
-    (cirr / "image_splits").mkdir(exist_ok=True)
-    truth = world / "ground_truth"
-    (cirr / "captions" / "cap.rc2.val.json").write_text((truth / "cirr" / "cap.rc2.test1.json").read_text())
-    (cirr / "image_splits" / "split.rc2.val.json").write_text(
-        (world / "cirr" / "image_splits" / CIRR_TEST_SPLIT).read_text())
-    _link(world / "cirr" / CIRR_TEST_IMAGES, cirr / CIRR_TEST_IMAGES)
-    (circo / "annotations").mkdir(parents=True, exist_ok=True)
-    (circo / "annotations" / "val.json").write_text((truth / "circo" / "test.json").read_text())
-    _link(world / "circo" / CIRCO_IMAGES, circo / CIRCO_IMAGES)
-    return cirr, circo
-
-
-def _link(target: Path, link: Path) -> None:
-    if not link.exists():
-        os.symlink(target.resolve(), link, target_is_directory=True)
 
 
 def export_for_accuracy(checkpoints: Sequence[Path], backbone: str, weights: str | None, work: Path,
@@ -75,7 +58,7 @@ def export_for_accuracy(checkpoints: Sequence[Path], backbone: str, weights: str
             export_bundle(source, ExportOptions(out=bundle, fp16=True, int8=True, force=True,
                                                 show_progress=show_progress))
         label = json.loads((bundle / MANIFEST).read_text())["method"]
-        out.append(Encoders(label, bundle, ckpt, ("phi",) if ckpt else BASELINES))
+        out.append(Encoders(label, bundle, ckpt, (PHI,) if ckpt else TRAINING_FREE_METHODS))
     return out
 
 
@@ -89,7 +72,7 @@ def _encoder(enc: Encoders, backend: str, weights: str | None, threads: int):
         torch.set_num_threads(threads)
         reference, provenance = reference_for_bundle(enc.bundle, enc.checkpoint, weights)
         if not provenance["same_numbers_as_bundle"]:
-            raise ValueError(f"The PyTorch reference for {enc.bundle.name} would use random weights: pass the "
+            raise AccuracySetupError(f"The PyTorch reference for {enc.bundle.name} would use random weights: pass the "
                              "backbone weights (--weights) so it computes what the bundle computes.")
         return reference, f"torch:{enc.bundle.name}"
     from zscir_bench.stages import parse_backend
@@ -100,21 +83,22 @@ def _encoder(enc: Encoders, backend: str, weights: str | None, threads: int):
     return runtime, f"{backend}:{runtime.image_space_id}"
 
 
-def evaluate(encoders: Sequence[Encoders], views: tuple[Path, Path], backends: Sequence[str], weights: str | None,
-             threads: int, cache: Path, console: Console, progress: Callable[[str], None] | None = None) -> dict:
+def evaluate(encoders: Sequence[Encoders], splits: tuple[CirrSplit, CircoSplit], backends: Sequence[str],
+             weights: str | None, threads: int, cache: Path, console: Console,
+             progress: Callable[[str], None] | None = None) -> dict:
     """{method label: {backend: {metric: value}}}; a phi method is labelled by its bundle (lincir, ...)."""
-    cirr, circo = views
+    cirr, circo = splits
     results: dict[str, dict[str, dict[str, float]]] = {}
     for enc in encoders:
         for backend in backends:
             encoder, key = _encoder(enc, backend, weights, threads)
             harness = Harness(encoder, key, cache, console=console)
             for method in enc.methods:
-                label = enc.label if method == "phi" else method
+                label = enc.label if method == PHI else method
                 if progress:
                     progress(f"{label} on {backend}")
-                r = run_benchmark(harness, "cirr", cirr, method=method).metrics
-                c = run_benchmark(harness, "circo", circo, method=method).metrics
+                r = score_split(harness, "cirr", cirr, method=method).metrics
+                c = score_split(harness, "circo", circo, method=method).metrics
                 results.setdefault(label, {})[backend] = {**{m: r[m] for m in CIRR_METRICS},
                                                           **{m: c[m] for m in CIRCO_METRICS}}
     return results
@@ -134,15 +118,14 @@ def run_accuracy(world: Path, checkpoints: Sequence[Path], backbone: str, weight
     import tempfile
 
     console = Console(stderr=True)
+    splits = world_test_splits(world)  # first: a folder that is not a world fails before the export
     encoders = export_for_accuracy(checkpoints, backbone, weights, work, show_progress=progress is not None)
     with tempfile.TemporaryDirectory() as tmp:
-        views = test_views(world, Path(tmp) / "views")
-        results = evaluate(encoders, views, backends, weights, threads, Path(tmp) / "cache", console, progress)
-        num_queries = len(json.loads((views[0] / "captions" / "cap.rc2.val.json").read_text()))
+        results = evaluate(encoders, splits, backends, weights, threads, Path(tmp) / "cache", console, progress)
     return {
         "world": world.name, "backbone": backbone, "weights": Path(weights).name if weights else None,
         "checkpoints": [c.name for c in checkpoints], "backends": list(backends), "metrics": list(METRICS),
-        "num_queries": num_queries, "threads": threads, "results": results, "changes_vs_ort_fp32": changes(results),
+        "num_queries": len(splits[0].queries), "threads": threads, "results": results, "changes_vs_ort_fp32": changes(results),
         "notes": [
             "CIRR protocol (reference removed from the ranking) for R@k, CIRCO protocol for mAP@10, on the "
             "world's test queries with their ground truth.",

@@ -17,7 +17,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+
+from zscir_infer.cli_style import Threads, command
+from zscir_infer.cli_style import err_console as console
+from zscir_infer.errors import UsageError
 
 app = typer.Typer(
     help="Benchmarks of zscir: per-stage latency against the PyTorch reference and the machine's GEMM peak, "
@@ -25,7 +28,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-console = Console(stderr=True)
 RESULTS = Path("results/bench")
 DEFAULT_WORK = Path("runs/bench-work")  # ignored by git: exported bundles, weights, worlds
 
@@ -42,7 +44,6 @@ CheckpointOpt = Annotated[Path | None, typer.Option(
     "(default: a random phi of the same form: same speed).")]
 WeightsOpt = Annotated[str | None, typer.Option(
     "--weights", help="Backbone weights (file or open_clip tag) for the PyTorch reference.")]
-ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads (default: all usable cores).")]
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Report folder (default: results/bench/<kind>[-name]).")]
 QuickOpt = Annotated[bool, typer.Option("--quick", help="Smoke run: 1 warm-up and 2 timed calls per figure.")]
 
@@ -51,9 +52,9 @@ def int_list(text: str, option: str) -> list[int]:
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError as exc:
-        raise typer.BadParameter(f"{option} takes comma-separated integers, e.g. 1,8,32; got {text!r}.") from exc
+        raise UsageError(f"{option} takes comma-separated integers, e.g. 1,8,32; got {text!r}.") from exc
     if not values or any(v < 1 for v in values):
-        raise typer.BadParameter(f"{option} needs positive integers, got {text!r}.")
+        raise UsageError(f"{option} needs positive integers, got {text!r}.")
     return values
 
 
@@ -71,10 +72,10 @@ def _bundle(bundle: Path | None, model: str | None, method: str, work: Path, che
             weights: str | None) -> tuple[Path, Path | None, str | None]:
     """(bundle, checkpoint, weights) from --bundle, or exported from --model."""
     if (bundle is None) == (model is None):
-        raise typer.BadParameter("Pass exactly one of --bundle or --model.")
+        raise UsageError("Pass exactly one of --bundle or --model.")
     if bundle is not None:
         if not (bundle / "manifest.json").is_file():
-            raise typer.BadParameter(f"{bundle} has no manifest.json: it is not a zscir bundle (make one with "
+            raise UsageError(f"{bundle} has no manifest.json: it is not a zscir bundle (make one with "
                                      "zscir-export).")
         return bundle, checkpoint, weights
     from zscir_bench.bundles import speed_bundle
@@ -91,7 +92,7 @@ def _write(report: dict, out: Path) -> None:
         typer.echo(f"wrote {path}")
 
 
-@app.command("latency")
+@command(app, "latency")
 def latency(
     bundle: BundleOpt = None,
     model: ModelOpt = None,
@@ -106,7 +107,7 @@ def latency(
     gallery_size: Annotated[int, typer.Option("--gallery-size", min=1, help="Vectors searched per query.")] = 10_000,
     int8_static: Annotated[bool, typer.Option(
         help="Also build a statically quantized image encoder and time it beside fp32 and dynamic int8.")] = True,
-    threads: ThreadsOpt = None,
+    threads: Threads = None,
     out: OutOpt = None,
     quick: QuickOpt = False,
 ) -> None:
@@ -120,24 +121,20 @@ def latency(
     bundle, checkpoint, weights = _bundle(bundle, model, method, work, checkpoint, weights)
     n = _threads(threads)
     policy = QUICK_POLICY if quick else lat.LATENCY_POLICY
-    try:
-        report = recorded("latency", n, lambda: lat.run_latency(
-            bundle, names, batches, threads=n, policy=policy, gallery_size=gallery_size, checkpoint=checkpoint,
-            weights=weights, int8_static=int8_static, progress=lambda msg: console.log(msg)))
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
+    report = recorded("latency", n, lambda: lat.run_latency(
+        bundle, names, batches, threads=n, policy=policy, gallery_size=gallery_size, checkpoint=checkpoint,
+        weights=weights, int8_static=int8_static, progress=lambda msg: console.log(msg)))
     _write(report, out or RESULTS / f"latency-{bundle.name}")
 
 
-@app.command("search")
+@command(app, "search")
 def search_bench(
     dim: Annotated[int | None, typer.Option("--dim", min=1, help="Vector dimension D (default: the bundle's, "
                                                                    "else 512).")] = None,
     bundle: BundleOpt = None,
     sizes: Annotated[str, typer.Option("--sizes", help="Comma-separated gallery sizes.")] = "10000,100000,1000000",
     queries: Annotated[int, typer.Option("--queries", min=1, help="Queries for recall and latency.")] = 1000,
-    threads: ThreadsOpt = None,
+    threads: Threads = None,
     out: OutOpt = None,
     quick: QuickOpt = False,
 ) -> None:
@@ -156,7 +153,7 @@ def search_bench(
     _write(report, out or RESULTS / "search")
 
 
-@app.command("cold-start")
+@command(app, "cold-start")
 def cold_start(
     bundle: BundleOpt = None,
     model: ModelOpt = None,
@@ -166,7 +163,7 @@ def cold_start(
     weights: WeightsOpt = None,
     runs: Annotated[int, typer.Option("--runs", min=1, help="Timed runs of each program.")] = 3,
     gallery_size: Annotated[int, typer.Option("--gallery-size", min=1)] = 10_000,
-    threads: ThreadsOpt = None,
+    threads: Threads = None,
     out: OutOpt = None,
 ) -> None:
     """`zscir-infer query` from a fresh process vs the PyTorch reference doing the same query."""
@@ -180,13 +177,13 @@ def cold_start(
     _write(report, out or RESULTS / f"cold-start-{bundle.name}")
 
 
-@app.command("train-cost")
+@command(app, "train-cost")
 def train_cost(
     models: Annotated[str, typer.Option("--models", help="Comma-separated open_clip architectures (random "
                                                          "weights).")] = "zscir-tiny,ViT-B-32,ViT-L-14",
     batch: Annotated[int, typer.Option("--batch", min=2, help="Global batch, the same for both methods.")] = 32,
     precision: Annotated[str, typer.Option("--precision", help="fp32, or bf16 autocast (AVX-512 BF16 CPUs).")] = "fp32",
-    threads: ThreadsOpt = None,
+    threads: Threads = None,
     out: OutOpt = None,
     quick: QuickOpt = False,
 ) -> None:
@@ -196,7 +193,7 @@ def train_cost(
     from zscir_bench.timing import QUICK_POLICY
 
     if precision not in ("fp32", "bf16"):
-        raise typer.BadParameter(f"--precision {precision!r}: use fp32 or bf16.")
+        raise UsageError(f"--precision {precision!r}: use fp32 or bf16.")
     n = _threads(threads)
     policies = (QUICK_POLICY, QUICK_POLICY) if quick else (tc.STEP_POLICY, tc.DATA_POLICY)
 
@@ -212,7 +209,7 @@ def train_cost(
     _write(recorded("train_cost", n, body), out or RESULTS / "train-cost")
 
 
-@app.command("accuracy")
+@command(app, "accuracy")
 def accuracy(
     world: Annotated[Path, typer.Option("--world", exists=True, file_okay=False,
                                         help="A shapes world (zscir-train world --out DIR).")],
@@ -223,7 +220,7 @@ def accuracy(
         "--weights", help="Backbone weights (default for world-clip: the committed ones).")] = None,
     backends: Annotated[str, typer.Option("--backends")] = "torch,ort-fp32,ort-fp16,ort-int8",
     work: WorkOpt = DEFAULT_WORK,
-    threads: ThreadsOpt = None,
+    threads: Threads = None,
     out: OutOpt = None,
 ) -> None:
     """R@1/5/10 and mAP@10 of every method on the world's test queries: PyTorch, ORT fp32, fp16, int8."""
@@ -235,7 +232,7 @@ def accuracy(
 
         weights = str(world_clip_path())
     if not (world / "ground_truth").is_dir():
-        raise typer.BadParameter(f"{world} has no ground_truth/: generate it with `zscir-train world --out {world}`.")
+        raise UsageError(f"{world} has no ground_truth/: generate it with `zscir-train world --out {world}`.")
     n = _threads(threads)
     report = recorded("accuracy", n, lambda: run_accuracy(
         world, checkpoint or [], backbone, weights, work / "accuracy", backends=str_list(backends), threads=n,
@@ -243,7 +240,7 @@ def accuracy(
     _write(report, out or RESULTS / "accuracy")
 
 
-@app.command("all")
+@command(app, "all")
 def run_all(
     model: Annotated[str, typer.Option("--model", help="The architecture measured (random weights).")] = "ViT-B-32",
     world: Annotated[Path | None, typer.Option(
@@ -251,7 +248,7 @@ def run_all(
     checkpoint: Annotated[list[Path] | None, typer.Option(
         "--checkpoint", exists=True, dir_okay=False, help="World phi checkpoints for the accuracy report.")] = None,
     work: WorkOpt = DEFAULT_WORK,
-    threads: ThreadsOpt = None,
+    threads: Threads = None,
 ) -> None:
     """Every report into results/bench/, one benchmark after the other (what the README shows)."""
     latency(model=model, work=work, threads=threads)

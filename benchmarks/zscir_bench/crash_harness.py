@@ -11,13 +11,12 @@ same trained weights.
     python -m zscir_bench.crash_harness --kills 20 --out results/reliability/crash.json
 
 It needs the `[train]` extra (the trials export and train). The test suite runs the same trials with a
-few kills per command (tests/test_crash_safety.py).
+few kills per command (tests/test_bench_crash_safety.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from zscir_infer.contract import sha256_file
 
 SEED = 20241201
 RESUME_TOLERANCE = 1e-6  # exact resume: the same weights as an uninterrupted run (issue 4)
@@ -104,12 +105,8 @@ def _kill(cmd: list[str], trial: int, rng: np.random.Generator, seconds: float, 
     return _kill_at_progress(cmd, reached, rng.uniform(0, EXTRA_SECONDS), env)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _tree_digest(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): _sha256(p) for p in sorted(root.rglob("*")) if p.is_file()}
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 # --- fixtures a trial needs (built once per work folder) --------------------------------------------------

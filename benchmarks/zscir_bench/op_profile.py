@@ -16,8 +16,8 @@ import numpy as np
 
 from zscir_bench import samples
 from zscir_infer.bundle import load_bundle
-from zscir_infer.preprocess import load_image, preprocess
 from zscir_infer.contract import fill_template
+from zscir_infer.preprocess import load_image, preprocess
 from zscir_infer.tokenizer import ClipTokenizer
 
 PROFILE_RUNS = 5

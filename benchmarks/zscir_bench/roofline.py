@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from zscir_infer.errors import ZscirError
+
 DEFAULT_MLP_RATIO = 4.0
 FLOPS_PER_MAC = 2
 RGB = 3
@@ -45,7 +47,7 @@ print(json.dumps(times))
 """
 
 
-class UnsupportedArchitecture(ValueError):
+class UnsupportedArchitecture(ZscirError, ValueError):
     """The config is not a plain CLIP ViT/text transformer that the counter knows."""
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from zscir_bench.timing import LatencyStats, Policy, measure
+from zscir_infer.errors import InputError
 
 STAGES = ("decode_preprocess", "tokenize", "image_encode", "query_encode", "text_encode", "search", "end_to_end")
 K = 10
@@ -48,7 +49,7 @@ def parse_backend(name: str) -> BackendSpec:
         return BackendSpec(name, "ort", parts[1], parts[2])
     if parts[0] == "trt" and len(parts) == 2:
         return BackendSpec(name, "trt", "cuda", parts[1])
-    raise ValueError(
+    raise InputError(
         f"Unknown backend {name!r}: use torch, ort-PRECISION (CPU), ort-cuda-PRECISION, ort-tensorrt-PRECISION "
         "or trt-PRECISION, with PRECISION fp32, fp16 or int8 (as the bundle has them)."
     )
@@ -122,7 +123,7 @@ class TorchStages:
         self.providers = {"all": [f"torch {torch.__version__} eager, {torch.get_num_threads()} threads"]}
 
     def prompts(self, texts: Sequence[str]) -> list[str]:
-        from zscir_train.composed import fill_template
+        from zscir_infer.contract import fill_template
 
         if self.method != "phi":
             return list(texts)

@@ -1,18 +1,25 @@
-"""Symmetric InfoNCE over the global batch (Pic2Word, TAT), and the training-time image transform."""
+"""What the image-side methods (Pic2Word, TAT) share: symmetric InfoNCE over the global batch, the
+training-time image transform, and the dataset of augmented views."""
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 
-from zscir_train.backbone import PreprocessConfig
-from zscir_train.training.loop import Dist
+from zscir_infer.contract import PreprocessConfig
+from zscir_train.training.distributed import Dist
+from zscir_train.training.sources import ImageLocation, SourceError
+from zscir_train.training.state import AUGMENT_STREAM, derived_seed
 
 CROP_RATIO = (3 / 4, 4 / 3)  # torchvision's default aspect range, as open_clip's train transform
+CROP_SCALE = (0.9, 1.0)  # Pic2Word's RandomResizedCrop scale (TAT uses it too)
+MAX_UNREADABLE_IN_A_ROW = 16
 
 
 def gather_rows(x: torch.Tensor, d: Dist) -> torch.Tensor:
@@ -60,3 +67,31 @@ class TrainTransform:
             top, left, height, width = RandomResizedCrop.get_params(image, self.scale, CROP_RATIO)
         image = TF.resized_crop(image, top, left, height, width, self.size, self.interpolation, antialias=True)
         return TF.normalize(TF.to_tensor(image), self.mean, self.std)  # [3, S, S]
+
+
+class ImageDataset:
+    """Augmented training views [3, S, S] of images; an unreadable file is replaced by the next one."""
+
+    def __init__(self, images: list[ImageLocation], transform: TrainTransform, seed: int):
+        self.images, self.transform, self.seed = images, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def open(self, index: int) -> Image.Image:
+        for shift in range(MAX_UNREADABLE_IN_A_ROW):
+            location = self.images[(index + shift) % len(self.images)]
+            try:
+                return location.open()
+            except (OSError, UnidentifiedImageError, ValueError) as exc:
+                warnings.warn(f"skipping unreadable image {location.path} ({exc})", stacklevel=2)
+        raise SourceError(f"{MAX_UNREADABLE_IN_A_ROW} unreadable images in a row from {self.images[index].path}: "
+                          "check the image source.")
+
+    def __getitem__(self, item: tuple[int, int]) -> torch.Tensor:
+        index, position = item
+        return self.transform(self.open(index), derived_seed(AUGMENT_STREAM, self.seed, position))
+
+    @staticmethod
+    def collate(batch: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(batch)  # [b, 3, S, S]

@@ -24,28 +24,15 @@ from rich.console import Console
 from torch import nn
 
 from zscir_train.backbone import Backbone, load_backbone
-from zscir_train.checkpoint import meta_for, save_phi_checkpoint
-from zscir_train.composed import placeholder_token_id
 from zscir_train.phi import LINCIR_DROPOUT, build_phi
-from zscir_train.training.loop import (
-    ConfigError,
-    Dist,
-    LoopConfig,
-    MicroBatch,
-    derived_seed,
-    main_first,
-    prepare_run,
-    run,
-)
-from zscir_train.training.masking import (
-    DEFAULT_SPACY_MODEL,
-    PLACEHOLDER,
-    SPACY_BATCH,
-    MaskedCorpus,
-    build_masked_corpus,
-)
+from zscir_train.training.config import ConfigError, LoopConfig
+from zscir_train.training.distributed import Dist, main_first
+from zscir_train.training.loop import MicroBatch, prepare_run, run
+from zscir_train.training.masking import DEFAULT_SPACY_MODEL, SPACY_BATCH, MaskedCorpus, build_masked_corpus
+from zscir_train.training.phi_task import PhiTask, set_dropout
+from zscir_train.training.state import derived_seed
 from zscir_train.training.text import encode_text_trimmed
-from zscir_train.training.validation import DeviceReference, Validator
+from zscir_train.training.validation import Validator
 
 NOISE_STREAM = 0x4015E
 NOISE_SCALE = 1.0  # LinCIR: input + 1.0 * U(0,1) * N(0, I)
@@ -90,23 +77,13 @@ class CaptionPairs:
         return batch
 
 
-def set_dropout(module: nn.Module, p: float) -> None:
-    for m in module.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = p
-
-
-class LinCIRTask:
+class LinCIRTask(PhiTask):
     name = "lincir"
 
     def __init__(self, backbone: Backbone, phi: nn.Module, corpus: MaskedCorpus, cfg: LinCIRConfig, device):
-        self.backbone, self.cfg, self.device = backbone, cfg, device
-        self.module = phi.to(device)
+        super().__init__(backbone, phi, device)
+        self.cfg = cfg
         self.dataset = CaptionPairs(corpus)
-        self.placeholder_id = placeholder_token_id(backbone.tokenizer, PLACEHOLDER)
-
-    def train_mode(self) -> None:
-        self.module.train()  # phi only: dropout on; the CLIP model stays in eval mode
 
     def param_groups(self) -> list[dict]:
         return [{"params": list(self.module.parameters()), "weight_decay": self.cfg.weight_decay}]
@@ -128,20 +105,6 @@ class LinCIRTask:
         pseudo = model(e_t + self.cfg.noise_scale * s * eps)  # [b, W]
         predicted = encode_text_trimmed(clip, masked, pseudo, self.placeholder_id)  # [b, D]
         return F.mse_loss(predicted.float(), e_t)
-
-    def validate(self, validator: Validator) -> dict[str, float]:
-        meta = meta_for(self.module, self.backbone, "lincir")
-        reference = DeviceReference(self.backbone, self.module, meta, batch_size=validator.batch_size)
-        return validator.score(reference, "phi")
-
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
-
-    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.module.load_state_dict(state)
-
-    def save(self, path: Path, training: dict) -> None:
-        save_phi_checkpoint(path, self.module, meta_for(self.module, self.backbone, "lincir", training=training))
 
 
 def lincir_task(cfg: LinCIRConfig, d: Dist) -> LinCIRTask:

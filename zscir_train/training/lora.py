@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from zscir_train.training.config import ConfigError
+
 PARAMETRIZED = ".parametrizations."
 HOOK_LORA = ".lora."
 
@@ -98,7 +100,8 @@ def add_lora(encoder: nn.Module, example: torch.Tensor, rank: int, alpha: float,
                 module, "weight", WeightLoRA(module.out_features, module.in_features, rank, alpha))
         count += 1
     if count == 0:
-        raise ValueError(f"{type(encoder).__name__} has no linear layer to adapt with LoRA.")
+        raise ConfigError(f"{type(encoder).__name__} has no linear layer to adapt with LoRA: TAT needs an image "
+                          "encoder with linear or attention layers (a ViT, or a ResNet with attention pooling).")
     return count
 
 

@@ -18,14 +18,15 @@ The placeholder is written with spaces around it so BPE never merges it with a n
 The cache holds token ids, not text: `original.npy` and `masked.npy` (uint16 [N, 77]: the CLIP vocab
 has 49,408 ids), `kinds.npy` (uint8 [N]: keywords / random word / fallback prompt) and `meta.json`;
 its key is the sha256 of the corpus content, the spaCy model name and version, the tokenizer's
-vocabulary and context length, and MASKING_VERSION. It is built in parts, so an interrupted run resumes.
+vocabulary and context length, and MASKING_VERSION. It is built in parts (`<key>.partial/`), so an
+interrupted run resumes; the parts are then assembled into a new directory that appears under the key
+by one rename, so a cache directory is either complete or absent.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 import shutil
@@ -37,7 +38,8 @@ from pathlib import Path
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from zscir_infer.atomic import atomic_path, atomic_write_json
+from zscir_infer.atomic import atomic_directory, atomic_path, atomic_write_json
+from zscir_infer.errors import ZscirError
 from zscir_train.composed import placeholder_token_id
 
 MASKING_VERSION = 1
@@ -57,7 +59,7 @@ EXAMPLES_KEPT = 20
 WORD = re.compile(r"\S+")
 
 
-class MaskingError(ValueError):
+class MaskingError(ZscirError, ValueError):
     """The masking cannot run as configured; the message says what to change."""
 
 
@@ -216,9 +218,9 @@ def _write_part(path: Path, captions: list[str], nlp, tokenizer, batch_size: int
             islice(zip(cleaned, masked, kinds.tolist(), strict=True), EXAMPLES_KEPT)]
 
 
-def _assemble(partial: Path, parts: list[Path], count: int, context_length: int, meta: dict) -> None:
-    """Concatenate the parts into memory-mappable .npy files, then write meta.json."""
-    out = {name: np.lib.format.open_memmap(partial / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+def _assemble(folder: Path, parts: list[Path], count: int, context_length: int, meta: dict) -> None:
+    """Concatenate the parts into memory-mappable .npy files in `folder`, then write meta.json."""
+    out = {name: np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
            for name, dtype, shape in (("original", np.uint16, (count, context_length)),
                                       ("masked", np.uint16, (count, context_length)), ("kinds", np.uint8, (count,)))}
     start = 0
@@ -232,9 +234,8 @@ def _assemble(partial: Path, parts: list[Path], count: int, context_length: int,
         array.flush()
     kinds = np.asarray(out["kinds"])
     meta["kinds"] = {name: int((kinds == i).sum()) for i, name in enumerate(KIND_NAMES)}
-    for part in parts:
-        part.unlink()
-    atomic_write_json(partial / "meta.json", meta)
+    del out, kinds  # close the memory maps before the folder is renamed
+    atomic_write_json(folder / "meta.json", meta)
 
 
 def build_masked_corpus(sources: list[str], column: str | None, tokenizer, cache_dir: str | Path,
@@ -267,9 +268,8 @@ def build_masked_corpus(sources: list[str], column: str | None, tokenizer, cache
             progress.advance(task, len(chunk))
     meta = {**identity, "sources": [str(s) for s in sources], "column": column, "count": count,
             "examples": examples}
-    _assemble(partial, parts, count, tokenizer.context_length, meta)
-    if final.exists():  # another process finished first; its result is the same
-        shutil.rmtree(partial)
-    else:
-        os.replace(partial, final)
+    if not final.exists():  # else another process finished first; its result is the same
+        with atomic_directory(final) as folder:
+            _assemble(folder, parts, count, tokenizer.context_length, meta)
+    shutil.rmtree(partial)
     return MaskedCorpus.load(final)

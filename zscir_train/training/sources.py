@@ -30,6 +30,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from zscir_infer.errors import ZscirError
+
 TEXT_KEYS = ("caption", "text", "title", "prompt", "TEXT", "Prompt")
 IMAGE_KEYS = ("filepath", "image", "path", "file", "img", "image_path")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -40,7 +42,7 @@ BRACE_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 LIST_BASE_DEPTH = 2  # relative paths in a list file resolve against its folder or the one above
 
 
-class SourceError(ValueError):
+class SourceError(ZscirError, ValueError):
     """A data source cannot be read as given; the message names the file and what to change."""
 
 

@@ -22,25 +22,18 @@ from safetensors.torch import save_file
 from torch import nn
 
 from zscir_infer.atomic import atomic_path
+from zscir_infer.contract import DEFAULT_SLERP_ALPHA, SLERP
 from zscir_train.backbone import Backbone, load_backbone
-from zscir_train.composed import DEFAULT_SLERP_ALPHA
-from zscir_train.training.contrastive import TrainTransform, symmetric_info_nce
-from zscir_train.training.loop import (
-    AUGMENT_STREAM,
-    ConfigError,
-    Dist,
-    LoopConfig,
-    MicroBatch,
-    decay_groups,
-    derived_seed,
-    prepare_run,
-    run,
-)
+from zscir_train.reference import TorchReference
+from zscir_train.training.config import ConfigError, LoopConfig
+from zscir_train.training.contrastive import CROP_SCALE, ImageDataset, TrainTransform, symmetric_info_nce
+from zscir_train.training.distributed import Dist
+from zscir_train.training.loop import MicroBatch, decay_groups, prepare_run, run
 from zscir_train.training.lora import add_lora, lora_parameters, merged_state_dict
-from zscir_train.training.pic2word import CROP_SCALE, ImageDataset
 from zscir_train.training.sources import ImageLocation, list_pairs
+from zscir_train.training.state import AUGMENT_STREAM, derived_seed
 from zscir_train.training.text import encode_text_trimmed
-from zscir_train.training.validation import DeviceReference, Validator
+from zscir_train.training.validation import Validator
 
 TAT_FORMAT = "zscir-tat"
 TAT_FORMAT_VERSION = 1
@@ -116,8 +109,9 @@ class TATTask:
 
     def validate(self, validator: Validator) -> dict[str, float]:
         self.module.eval()  # no LoRA dropout while scoring
-        reference = DeviceReference(self.backbone, alpha=self.cfg.slerp_alpha, batch_size=validator.batch_size)
-        return validator.score(reference, "slerp", frozen_image_encoder=False)
+        reference = TorchReference(self.backbone, alpha=self.cfg.slerp_alpha, batch_size=validator.batch_size,
+                                   device=self.device)
+        return validator.score(reference, SLERP, frozen_image_encoder=False)
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu() for k, v in lora_parameters(self.module).items()}

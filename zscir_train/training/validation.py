@@ -1,65 +1,22 @@
 """Validation during training: CIRR / CIRCO val splits (or a shapes world's) through the evaluation harness.
 
-The harness (`zscir_infer.eval.harness.run_benchmark`) reads the split in its official layout and
-scores an encoder with the runtime's interface; here the encoder is the PyTorch reference built on the
-weights being trained. For methods whose image encoder is frozen (LinCIR, Pic2Word) the gallery
-features are computed once per run and kept in memory; TAT changes the image encoder, so its gallery
-is re-encoded at every validation.
+The harness (`zscir_eval.harness.run_benchmark`) reads the split in its official layout and scores an
+encoder with the runtime's interface; here the encoder is the PyTorch reference
+(`zscir_train.reference.TorchReference`, on the training device) built on the weights being trained.
+For methods whose image encoder is frozen (LinCIR, Pic2Word) the gallery features are computed once per
+run and kept in memory; TAT changes the image encoder, so its gallery is re-encoded at every validation.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from PIL import Image
 from rich.console import Console
 
-from zscir_infer.eval.harness import READERS, Harness, run_benchmark
-from zscir_train.reference import TorchReference
-from zscir_train.training.loop import ConfigError, LoopConfig
+from zscir_eval.harness import READERS, Harness, run_benchmark
+from zscir_train.training.config import ConfigError, LoopConfig
 
 HEADLINE = {"cirr": "R@1", "circo": "mAP@5"}  # LinCIR keeps the checkpoint with the best CIRR R@1
-
-
-def _as_image(image) -> Image.Image:
-    return image if isinstance(image, Image.Image) else Image.open(image).convert("RGB")
-
-
-class DeviceReference(TorchReference):
-    """TorchReference with inputs moved to the backbone's device and outputs back to CPU float32."""
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.backbone.model.parameters()).device
-
-    @torch.no_grad()
-    def image_features(self, images) -> torch.Tensor:
-        out = []
-        for chunk in self._batches(list(images)):
-            pixels = torch.stack([self.backbone.transform(_as_image(im)) for im in chunk]).to(self.device)
-            out.append(self.backbone.model.encode_image(pixels).float().cpu())  # [B, D]
-        return torch.cat(out) if out else torch.empty(0, self.embed_dim)
-
-    @torch.no_grad()
-    def text_features(self, texts) -> torch.Tensor:
-        out = [self.backbone.model.encode_text(self.backbone.tokenizer(list(c)).to(self.device)).float().cpu()
-               for c in self._batches(list(texts))]
-        return torch.cat(out) if out else torch.empty(0, self.embed_dim)
-
-    def _encode_phi(self, images, texts, template: str) -> torch.Tensor:
-        if self.query_encoder is None:
-            raise ValueError("Method 'phi' needs a phi; this reference was built without one.")
-        from zscir_train.composed import fill_template
-
-        prompts = [fill_template(template, t, self.placeholder) for t in texts]
-        v_img = self.image_features(images)
-        out = []
-        for start in range(0, len(prompts), self.batch_size):
-            ids = self.backbone.tokenizer(prompts[start:start + self.batch_size]).to(self.device)
-            v = v_img[start:start + self.batch_size].to(self.device)
-            out.append(self.query_encoder(v, ids).float().cpu())
-        return torch.cat(out) if out else torch.empty(0, self.embed_dim)
 
 
 class _GalleryCachingHarness(Harness):

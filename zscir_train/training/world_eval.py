@@ -8,55 +8,42 @@ the TAT-tuned encoder, and the image-only, text-only and average baselines of th
 
     zscir-train world-eval --world DIR --lincir lincir.safetensors \
         --pic2word pic2word.safetensors --tat tat.safetensors --out results/train
+
+(the command is in `zscir_train.commands.world`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
 
-import typer
 from rich.console import Console
 
+from zscir_eval import circo, cirr
+from zscir_eval.harness import Harness
+from zscir_eval.templates import default_template, prompt_style
+from zscir_eval.world import world_test_splits
 from zscir_infer.atomic import atomic_write_json, atomic_write_text
 from zscir_infer.cli import shown_path
-from zscir_infer.eval import circo, cirr
-from zscir_infer.eval.harness import Harness
-from zscir_infer.eval.templates import default_template, prompt_style
+from zscir_infer.contract import BASELINES, PHI, SLERP
 from zscir_train.backbone import load_backbone
 from zscir_train.checkpoint import load_phi_checkpoint
-from zscir_train.composed import DEFAULT_SLERP_ALPHA
-from zscir_train.training.validation import DeviceReference
+from zscir_train.reference import TorchReference
 
 TABLE = (("cirr", "R@1"), ("cirr", "R@5"), ("cirr", "R@10"), ("circo", "mAP@5"), ("circo", "mAP@10"))
 BATCH_SIZE = 128
 
 
-def world_test_splits(world: Path) -> tuple[cirr.CirrSplit, circo.CircoSplit]:
-    """The world's CIRR test1 and CIRCO test splits with their ground-truth targets filled in."""
-    cirr_split = cirr.read_cirr(world / "cirr", "test1")
-    truth = {q["pairid"]: q["target_hard"] for q in json.loads((world / "ground_truth" / "cirr" / "cap.rc2.test1.json").read_text())}
-    cirr_split = replace(cirr_split, queries=[replace(q, target=truth[q.pairid]) for q in cirr_split.queries])
-    circo_split = circo.read_circo(world / "circo", "test")
-    gt = {q["id"]: q for q in json.loads((world / "ground_truth" / "circo" / "test.json").read_text())}
-    circo_split = replace(circo_split, queries=[
-        replace(q, target=int(gt[q.id]["target_img_id"]), gt=tuple(int(g) for g in gt[q.id]["gt_img_ids"]),
-                semantic_aspects=tuple(gt[q.id]["semantic_aspects"])) for q in circo_split.queries])
-    return cirr_split, circo_split
-
-
 class WorldScorer:
     """Scores encoders on the test splits; gallery features are cached per image encoder."""
 
-    def __init__(self, world: Path, console: Console):
+    def __init__(self, world: Path, console: Console, batch_size: int = BATCH_SIZE):
         self.cirr, self.circo = world_test_splits(world)
-        self.console = console
+        self.console, self.batch_size = console, batch_size
         self.galleries: dict[tuple[str, str], object] = {}
 
     def score(self, encoder, image_space: str, method: str) -> dict[str, float]:
-        harness = Harness(encoder, image_space, None, BATCH_SIZE, self.console)
+        harness = Harness(encoder, image_space, None, self.batch_size, self.console)
         style = prompt_style(encoder)
         out = {}
         for name, data in (("cirr", self.cirr), ("circo", self.circo)):
@@ -84,21 +71,23 @@ def run_record(artifact: Path) -> dict:
 
 
 def score_world(world: Path, model: str, pretrained: str | None, lincir: Path | None, pic2word: Path | None,
-                tat: Path | None, alpha: float, console: Console) -> dict:
-    scorer = WorldScorer(world, console)
-    backbone = load_backbone(model, pretrained)
+                tat: Path | None, alpha: float, console: Console, device: str = "cpu",
+                batch_size: int = BATCH_SIZE) -> dict:
+    """The report: one row of test metrics per trained artifact given, Slerp and the baselines."""
+    scorer = WorldScorer(world, console, batch_size)
+    backbone = load_backbone(model, pretrained, device=device)
     rows: dict[str, dict] = {}
     for name, path in (("lincir", lincir), ("pic2word", pic2word)):
         if path is not None:
             phi, meta = load_phi_checkpoint(path, backbone)
-            encoder = DeviceReference(backbone, phi, meta, alpha=alpha, batch_size=BATCH_SIZE)
-            rows[name] = {"metrics": scorer.score(encoder, "base", "phi"), "artifact": str(path), "run": run_record(path)}
-    base = DeviceReference(backbone, alpha=alpha, batch_size=BATCH_SIZE)
-    rows["slerp"] = {"metrics": scorer.score(base, "base", "slerp")}
+            encoder = TorchReference(backbone, phi, meta, alpha=alpha, batch_size=batch_size)
+            rows[name] = {"metrics": scorer.score(encoder, "base", PHI), "artifact": str(path), "run": run_record(path)}
+    base = TorchReference(backbone, alpha=alpha, batch_size=batch_size)
+    rows[SLERP] = {"metrics": scorer.score(base, "base", SLERP)}
     if tat is not None:
-        tuned = DeviceReference(load_backbone(model, str(tat)), alpha=alpha, batch_size=BATCH_SIZE)
-        rows["slerp+tat"] = {"metrics": scorer.score(tuned, "tat", "slerp"), "artifact": str(tat), "run": run_record(tat)}
-    for method in ("image", "text", "average"):
+        tuned = TorchReference(load_backbone(model, str(tat), device=device), alpha=alpha, batch_size=batch_size)
+        rows["slerp+tat"] = {"metrics": scorer.score(tuned, "tat", SLERP), "artifact": str(tat), "run": run_record(tat)}
+    for method in BASELINES:
         rows[method] = {"metrics": scorer.score(base, "base", method)}
     return {"world": str(world), "backbone": {"name": model, "pretrained": pretrained and shown_path(pretrained)}, "slerp_alpha": alpha,
             "queries": {"cirr_test1": len(scorer.cirr.queries), "circo_test": len(scorer.circo.queries)},
@@ -117,23 +106,9 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def world_eval(
-    world: Annotated[Path, typer.Option(help="A world written by `zscir-train world`.")],
-    out: Annotated[Path, typer.Option(help="Folder for world.json and world.md.")],
-    model: Annotated[str, typer.Option()] = "world-clip",
-    pretrained: Annotated[str | None, typer.Option(help="Base weights (default: the committed world-clip).")] = None,
-    lincir: Annotated[Path | None, typer.Option()] = None,
-    pic2word: Annotated[Path | None, typer.Option()] = None,
-    tat: Annotated[Path | None, typer.Option(help="Merged CLIP weights written by `zscir-train tat`.")] = None,
-    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Slerp text weight.")] = DEFAULT_SLERP_ALPHA,
-) -> None:
-    """Test-query table (CIRR R@k, CIRCO mAP@k) of the trained methods and the baselines."""
-    if pretrained is None and model == "world-clip":
-        from zscir_train.world import world_clip_path
-
-        pretrained = str(world_clip_path())
-    report = score_world(world, model, pretrained, lincir, pic2word, tat, alpha, Console(stderr=True))
+def write_report(report: dict, out: Path) -> str:
+    """world.json (the report) and world.md (its table) in `out`; returns the table."""
     table = format_table(report)
     atomic_write_json(out / "world.json", report)
     atomic_write_text(out / "world.md", table + "\n")
-    typer.echo(table)
+    return table

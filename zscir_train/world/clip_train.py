@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,12 +36,14 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from safetensors.torch import save_file
 
+from zscir_infer.atomic import atomic_path
+from zscir_train.backbone import register_model_configs
+from zscir_train.world import WorldError
 from zscir_train.world.attributes import ATTRIBUTES, ShapeSpec, all_specs, values_of
 from zscir_train.world.captions import describe, random_mention
 from zscir_train.world.render import render
 from zscir_train.world.zeroshot import encode_images, to_pixels, zero_shot_accuracy
 
-MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 MODEL_NAME = "world-clip"
 # Which attribute a group variant changes: shape is the hardest to learn, so it is changed most.
 VARIANT_WEIGHTS = {"shape": 0.4, "color": 0.15, "background": 0.15, "size": 0.15, "style": 0.15}
@@ -73,10 +74,10 @@ class WorldClipConfig:
 
 def create_world_clip(image_size: int = 64) -> torch.nn.Module:
     """A randomly initialized world-clip (the architecture in model_configs/world-clip.json)."""
-    open_clip.add_model_config(MODEL_CONFIG_DIR)
+    register_model_configs()
     cfg = open_clip.get_model_config(MODEL_NAME)
     if cfg["vision_cfg"]["image_size"] != image_size:
-        raise ValueError(
+        raise WorldError(
             f"world-clip.json is built for {cfg['vision_cfg']['image_size']} px images, not {image_size}: "
             "train at its size or add a config for the new one."
         )
@@ -176,15 +177,6 @@ def eval_set(config: WorldClipConfig) -> tuple[torch.Tensor, list[ShapeSpec]]:
     return to_pixels([render(s, rng, config.image_size) for s in specs]), specs
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_weights(model, path: Path) -> None:
     """The plain open_clip state_dict as fp16 safetensors (keys exactly as model.state_dict()).
 
@@ -192,10 +184,8 @@ def save_weights(model, path: Path) -> None:
     `load_state_dict` casts back to the model's fp32 parameters.
     """
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt", "architecture": MODEL_NAME})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "architecture": MODEL_NAME})
 
 
 def train_world_clip(config: WorldClipConfig, run_dir: Path, weights_out: Path) -> dict:
@@ -213,7 +203,7 @@ def train_world_clip(config: WorldClipConfig, run_dir: Path, weights_out: Path) 
         changed = {k: (v, asdict(config)[k]) for k, v in state["config"].items()
                    if k not in RESUMABLE_CHANGES and asdict(config)[k] != v}
         if changed:
-            raise ValueError(
+            raise WorldError(
                 f"{checkpoint_path} was written with other training options {changed} (saved, given); "
                 "use a fresh --run-dir, or the same options to resume."
             )
@@ -253,9 +243,9 @@ def train_world_clip(config: WorldClipConfig, run_dir: Path, weights_out: Path) 
             log.flush()
             progress.update(task, advance=1, info=f"loss {loss.item():.3f} {record.get('zero_shot', '')}")
             if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-                _atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                    "step": step + 1, "elapsed_s": record["elapsed_s"], "config": asdict(config)},
-                                   checkpoint_path)
+                with atomic_path(checkpoint_path) as tmp:
+                    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                "step": step + 1, "elapsed_s": record["elapsed_s"], "config": asdict(config)}, tmp)
     log.close()
     model.eval()
     save_weights(model, weights_out)

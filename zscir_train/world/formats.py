@@ -12,9 +12,9 @@ Official test files carry no targets; `<world>/ground_truth/` holds the same que
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from zscir_infer.atomic import atomic_write_text
 from zscir_train.world.attributes import ShapeSpec
 from zscir_train.world.captions import article
 from zscir_train.world.queries import Query
@@ -34,15 +34,9 @@ CIRCO_TEST_QUERY_KEYS = ("id", "reference_img_id", "relative_caption", "shared_c
 
 
 def write_json(path: Path, obj) -> None:
-    """Atomic JSON write (temp file in the same directory, fsync, replace); sorted output is not
-    wanted here because key order is part of the official layouts."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Atomic compact JSON, as the official files are written; sorted output is not wanted here because
+    key order is part of the official layouts."""
+    atomic_write_text(path, json.dumps(obj))
 
 
 def cirr_query(query: Query, pairid: int, set_id: int, with_target: bool) -> dict:

@@ -27,7 +27,8 @@ import numpy as np
 from PIL import Image
 from rich.progress import Progress
 
-from zscir_train.world import formats
+from zscir_infer.atomic import atomic_directory, recover_directory
+from zscir_train.world import WorldExistsError, formats
 from zscir_train.world.attributes import ATTRIBUTES, VOCABULARY, ShapeSpec, all_specs, name_of
 from zscir_train.world.captions import random_caption
 from zscir_train.world.queries import TEMPLATES, Query, build_queries
@@ -234,17 +235,22 @@ def write_domain_set(config: WorldConfig, root: Path, test: dict[str, ShapeSpec]
 
 
 def generate_world(config: WorldConfig, out: Path, force: bool = False) -> dict:
-    """Write the world to `out` (built in `<out>.partial`, then renamed); returns world.json's content."""
+    """Write the world to `out` (built in a hidden sibling folder, then renamed); returns world.json's content."""
+    recover_directory(out)  # a killed earlier run may have left the previous world set aside
     if out.exists() and any(out.iterdir()) and not force:
-        raise FileExistsError(f"{out} exists and is not empty: choose another --out or pass --force to replace it.")
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+        raise WorldExistsError(f"{out} exists and is not empty: choose another --out or pass --force to replace it.")
+    with atomic_directory(out, force=True) as partial:
+        manifest = write_world(config, partial)
+    return manifest
+
+
+def write_world(config: WorldConfig, root: Path) -> dict:
+    """Every file of the world under `root`; returns world.json's content."""
     with Progress() as progress:
-        splits = write_images(config, partial, progress)
-    write_training_text(config, partial, splits["train"])
-    query_counts = write_queries(config, partial, splits)
-    domain_count = write_domain_set(config, partial, splits["test"])
+        splits = write_images(config, root, progress)
+    write_training_text(config, root, splits["train"])
+    query_counts = write_queries(config, root, splits)
+    domain_count = write_domain_set(config, root, splits["test"])
     manifest = {
         "format_version": FORMAT_VERSION,
         "config": asdict(config),
@@ -257,8 +263,5 @@ def generate_world(config: WorldConfig, out: Path, force: bool = False) -> dict:
         "cirr_root": "cirr",
         "circo_root": "circo",
     }
-    formats.write_json(partial / "world.json", manifest)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(partial, out)
+    formats.write_json(root / "world.json", manifest)
     return manifest

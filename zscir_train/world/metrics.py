@@ -1,5 +1,5 @@
 """Retrieval metrics of the world's baseline report, numpy in / numpy out (FAISS vocabulary:
-`D` scores [Q, N], `ranked` gallery indices best first [Q, k]). The official harness lives in zscir_infer.eval;
+`D` scores [Q, N], `ranked` gallery indices best first [Q, k]). The official harness lives in zscir_eval;
 these follow the same definitions (DESIGN §6) so the two can be checked against each other.
 """
 

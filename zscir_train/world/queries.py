@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from zscir_train.world import WorldError
 from zscir_train.world.attributes import ATTRIBUTES, ShapeSpec, values_of
 from zscir_train.world.captions import article, synonym
 
@@ -179,7 +180,7 @@ def build_queries(
             )
         )
     if len(queries) < count:
-        raise ValueError(
+        raise WorldError(
             f"only {len(queries)} of {count} queries found a target in a gallery of {len(gallery)} images: "
             "generate larger splits or fewer queries."
         )

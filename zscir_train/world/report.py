@@ -1,4 +1,4 @@
-"""`zscir-train world-report`: training-free baselines on the world's test queries with the tiny CLIP.
+"""Training-free baselines on the world's test queries with the tiny CLIP (`zscir-train world-report`).
 
 Image only, text only, average and Slerp (alpha 0.8, raw modification text), scored CIRR-style
 (reference removed, Recall@k, subset Recall@k), CIRCO-style (mAP@k over a val+test gallery) and on the
@@ -7,21 +7,21 @@ domain-conversion set. These are the numbers the trained methods (LinCIR, Pic2Wo
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
+from zscir_infer.atomic import atomic_write_text
+from zscir_infer.contract import AVERAGE, DEFAULT_SLERP_ALPHA, IMAGE, SLERP, TEXT, sha256_file
+from zscir_infer.preprocess import load_image
 from zscir_train.backbone import Backbone
 from zscir_train.composed import average, slerp
-from zscir_train.world import formats, metrics
+from zscir_train.world import WORLD_CLIP_ZERO_SHOT, WorldFileMissingError, formats, metrics
 
-BASELINES = ("image", "text", "average", "slerp")
-SLERP_ALPHA = 0.8
+BASELINES = (IMAGE, TEXT, AVERAGE, SLERP)  # the training-free methods, in the report's order
 RECALL_KS = (1, 5, 10, 50)
 SUBSET_KS = (1, 2, 3)
 MAP_KS = (5, 10, 25, 50)
@@ -35,7 +35,7 @@ def encode_image_files(backbone: Backbone, paths: list[Path]) -> np.ndarray:
     """Normalized features [N, D] through the backbone's own eval transform (what the runtime mirrors)."""
     chunks = []
     for start in range(0, len(paths), ENCODE_BATCH):
-        batch = [backbone.transform(Image.open(p).convert("RGB")) for p in paths[start : start + ENCODE_BATCH]]
+        batch = [backbone.transform(load_image(p)) for p in paths[start : start + ENCODE_BATCH]]
         chunks.append(backbone.model.encode_image(torch.stack(batch), normalize=True))
     return torch.cat(chunks).numpy()
 
@@ -47,16 +47,16 @@ def encode_texts(backbone: Backbone, texts: list[str]) -> np.ndarray:
     return torch.cat(chunks).numpy()
 
 
-def compose(method: str, image: np.ndarray, text: np.ndarray, alpha: float = SLERP_ALPHA) -> np.ndarray:
+def compose(method: str, image: np.ndarray, text: np.ndarray, alpha: float = DEFAULT_SLERP_ALPHA) -> np.ndarray:
     """Query features [Q, D] of a baseline from normalized reference-image and text features."""
-    if method == "image":
+    if method == IMAGE:
         return image
-    if method == "text":
+    if method == TEXT:
         return text
     v_img, v_txt = torch.from_numpy(image), torch.from_numpy(text)
-    if method == "average":
+    if method == AVERAGE:
         return average(v_img, v_txt).numpy()
-    if method == "slerp":
+    if method == SLERP:
         return F.normalize(slerp(v_img, v_txt, alpha), dim=-1).numpy()
     raise ValueError(f"unknown baseline {method!r}; expected one of {BASELINES}")
 
@@ -131,18 +131,14 @@ def _query_records(world: Path, split: str) -> list[dict]:
     return [json.loads(line) for line in (world / "queries" / f"{split}.jsonl").read_text().splitlines()]
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def world_report(backbone: Backbone, world: Path, alpha: float = SLERP_ALPHA) -> dict:
+def world_report(backbone: Backbone, world: Path, alpha: float = DEFAULT_SLERP_ALPHA) -> dict:
     """Every baseline on the test queries of a generated world."""
     manifest = json.loads((world / "world.json").read_text())
     cirr, features = cirr_scores(backbone, world, alpha)
     return {
         "backbone": {"name": backbone.name,
                      "weights": Path(backbone.pretrained).name if backbone.pretrained else None,
-                     "sha256": sha256(Path(backbone.pretrained)) if backbone.pretrained else None},
+                     "sha256": sha256_file(Path(backbone.pretrained)) if backbone.pretrained else None},
         "world": {"config": manifest["config"], "counts": manifest["counts"]},
         "slerp_alpha": alpha,
         "cirr_test1": cirr,
@@ -179,3 +175,29 @@ def format_report(report: dict) -> str:
         r = domain["baselines"][method]
         lines.append(f"| {method} | {100 * r['R@10']:.2f} | {100 * r['R@50']:.2f} |")
     return "\n".join(lines)
+
+
+def write_world_report(world: Path, weights: Path, out: Path, alpha: float = DEFAULT_SLERP_ALPHA,
+                       record_zero_shot: bool = False) -> tuple[dict, str, str]:
+    """The zero-shot attribute table and the baseline report of world-clip `weights` on `world`, written
+    to `out` (report.json/.md, zero_shot.json/.md; with record_zero_shot also zero_shot.json beside the
+    weights). Returns (zero-shot table, its markdown, the report's markdown)."""
+    from zscir_train.backbone import load_backbone
+    from zscir_train.world.zeroshot import format_table, zero_shot_table
+
+    if not (world / "world.json").is_file():
+        raise WorldFileMissingError(f"{world} has no world.json: generate it first with `zscir-train world --out {world}`.")
+    if not weights.is_file():
+        raise WorldFileMissingError(f"weights file {weights} does not exist.")
+    backbone = load_backbone("world-clip", str(weights))
+    zero_shot = zero_shot_table(backbone)
+    report = world_report(backbone, world, alpha)
+    zero_shot_md = format_table(zero_shot["attributes"])
+    report_md = format_report(report)
+    formats.write_json(out / "zero_shot.json", zero_shot)
+    formats.write_json(out / "report.json", report)
+    atomic_write_text(out / "zero_shot.md", zero_shot_md + "\n")
+    atomic_write_text(out / "report.md", report_md + "\n")
+    if record_zero_shot:
+        formats.write_json(weights.parent / WORLD_CLIP_ZERO_SHOT, zero_shot)
+    return zero_shot, zero_shot_md, report_md

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from zscir_export.tokenizer_json import build_clip_tokenizer_json
 
-from tests.test_preprocess import MEAN, STD, open_clip_transform, synthetic_image
+from tests.test_infer_preprocess import MEAN, STD, open_clip_transform, synthetic_image
 from zscir_infer import Runtime
 from zscir_infer.errors import ZscirError
 from zscir_infer.preprocess import (

@@ -16,30 +16,26 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
-from zscir_train.backbone import BackboneError
-from zscir_train.training.loop import ConfigError, list_presets, resolve_config
-from zscir_train.training.masking import MaskingError
-from zscir_train.training.sources import SourceError
-from zscir_train.training.world_eval import world_eval
-
-USER_ERRORS = (ConfigError, SourceError, MaskingError, BackboneError, FileNotFoundError)
+from zscir_infer.cli_style import command, err_console
+from zscir_train.commands.options import Model, Pretrained
+from zscir_train.training.config import list_presets, resolve_config
 
 Preset = Annotated[str | None, typer.Option(help=f"Settings by name ({', '.join(list_presets())}) or a JSON path.")]
-Model = Annotated[str | None, typer.Option(help="open_clip model name, zscir config (zscir-tiny, world-clip) or architecture JSON.")]
-Pretrained = Annotated[str | None, typer.Option(help="open_clip pretrained tag (openai, laion2b_s32b_b79k, ...) or weights file.")]
 Out = Annotated[Path | None, typer.Option(help="The trained artifact (phi checkpoint; TAT: merged CLIP *.safetensors).")]
 RunDir = Annotated[Path | None, typer.Option(help="Checkpoints, best/last artifacts, log.jsonl (default: <out>-run).")]
 Steps = Annotated[int | None, typer.Option(min=1, help="Optimizer steps.")]
-BatchSize = Annotated[int | None, typer.Option(min=1, help="Global batch per optimizer step (all ranks, all accumulation).")]
+# --batch-size, --precision and --threads mean something else here than cli_style's BatchSize, Precision
+# and Threads (an encoder call's batch, an exported graph variant, threads per graph): own help texts.
+GlobalBatch = Annotated[int | None, typer.Option(
+    "--batch-size", min=1, help="Global batch per optimizer step (all ranks, all accumulation).")]
 GradAccum = Annotated[int | None, typer.Option(min=1, help="Micro-batches accumulated per step.")]
 Lr = Annotated[float | None, typer.Option(min=0.0, help="Peak learning rate (AdamW).")]
 WeightDecay = Annotated[float | None, typer.Option(min=0.0)]
 WarmupSteps = Annotated[int | None, typer.Option(min=0, help="Linear warmup steps.")]
 Schedule = Annotated[str | None, typer.Option(help="constant | cosine (after warmup).")]
-Precision = Annotated[str | None, typer.Option(help="auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 | fp16.")]
+Autocast = Annotated[str | None, typer.Option(
+    "--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 | fp16.")]
 Seed = Annotated[int | None, typer.Option()]
 LogEvery = Annotated[int | None, typer.Option(min=1, help="Steps between log.jsonl records.")]
 CheckpointEvery = Annotated[int | None, typer.Option(min=1, help="Steps between resumable checkpoints.")]
@@ -49,7 +45,7 @@ ValCirr = Annotated[Path | None, typer.Option(help="CIRR root: validate on its v
 ValCirco = Annotated[Path | None, typer.Option(help="CIRCO root: validate on its val split.")]
 ValMetric = Annotated[str | None, typer.Option(help="Selection metric, e.g. cirr/R@1 (default), circo/mAP@5.")]
 NumWorkers = Annotated[int | None, typer.Option(min=0, help="DataLoader worker processes per rank.")]
-Threads = Annotated[int | None, typer.Option(min=1, help="torch CPU threads per process.")]
+TorchThreads = Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads per process.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --run-dir (weights, optimizer, step, RNG).")]
 ShowProgress = Annotated[bool | None, typer.Option("--progress/--no-progress", help="Progress bar.")]
 PhiDropout = Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Dropout inside phi.")]
@@ -75,13 +71,8 @@ def _sources(first: list[str] | None, more: list[str] | None) -> list[str] | Non
 
 
 def _train(method: str, train, config_cls, preset: str | None, overrides: dict) -> None:
-    console = Console(stderr=True)
-    try:
-        cfg = resolve_config(config_cls, method, preset, overrides)
-        summary = train(cfg, console)
-    except USER_ERRORS as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(2) from exc
+    cfg = resolve_config(config_cls, method, preset, overrides)
+    summary = train(cfg, err_console)
     best = summary.get("best") or {}
     chosen = f"best {best['metric']} = {best['value']:.2f} at step {best['step']}" if best else "last step"
     typer.echo(f"{method}: {cfg.steps} steps, {summary['samples_per_s']:.1f} samples/s; wrote {cfg.out} ({chosen})")
@@ -92,11 +83,11 @@ def lincir(
     captions: Annotated[list[str] | None, typer.Option(help="Caption sources: .txt, .csv/.tsv, .jsonl, .parquet, .tar shards, folders.")] = None,
     more: More = None,
     preset: Preset = None, model: Model = None, pretrained: Pretrained = None, out: Out = None, run_dir: RunDir = None,
-    steps: Steps = None, batch_size: BatchSize = None, grad_accum: GradAccum = None, lr: Lr = None,
+    steps: Steps = None, batch_size: GlobalBatch = None, grad_accum: GradAccum = None, lr: Lr = None,
     weight_decay: WeightDecay = None, warmup_steps: WarmupSteps = None, schedule: Schedule = None,
-    precision: Precision = None, seed: Seed = None, log_every: LogEvery = None, checkpoint_every: CheckpointEvery = None,
+    precision: Autocast = None, seed: Seed = None, log_every: LogEvery = None, checkpoint_every: CheckpointEvery = None,
     val_every: ValEvery = None, val_world: ValWorld = None, val_cirr: ValCirr = None, val_circo: ValCirco = None,
-    val_metric: ValMetric = None, num_workers: NumWorkers = None, threads: Threads = None, resume: Resume = False,
+    val_metric: ValMetric = None, num_workers: NumWorkers = None, threads: TorchThreads = None, resume: Resume = False,
     progress: ShowProgress = None, phi_dropout: PhiDropout = None, caption_column: CaptionColumn = None,
     spacy_model: Annotated[str | None, typer.Option(help="spaCy pipeline for POS tags (default en_core_web_sm).")] = None,
     spacy_processes: Annotated[int | None, typer.Option(min=1, help="nlp.pipe processes for the one-time masking.")] = None,
@@ -115,11 +106,11 @@ def pic2word(
     images: Annotated[list[str] | None, typer.Option(help="Image sources: folders, .txt lists, CSV/TSV (filepath), .jsonl, .tar shards.")] = None,
     more: More = None,
     preset: Preset = None, model: Model = None, pretrained: Pretrained = None, out: Out = None, run_dir: RunDir = None,
-    steps: Steps = None, batch_size: BatchSize = None, grad_accum: GradAccum = None, lr: Lr = None,
+    steps: Steps = None, batch_size: GlobalBatch = None, grad_accum: GradAccum = None, lr: Lr = None,
     weight_decay: WeightDecay = None, warmup_steps: WarmupSteps = None, schedule: Schedule = None,
-    precision: Precision = None, seed: Seed = None, log_every: LogEvery = None, checkpoint_every: CheckpointEvery = None,
+    precision: Autocast = None, seed: Seed = None, log_every: LogEvery = None, checkpoint_every: CheckpointEvery = None,
     val_every: ValEvery = None, val_world: ValWorld = None, val_cirr: ValCirr = None, val_circo: ValCirco = None,
-    val_metric: ValMetric = None, num_workers: NumWorkers = None, threads: Threads = None, resume: Resume = False,
+    val_metric: ValMetric = None, num_workers: NumWorkers = None, threads: TorchThreads = None, resume: Resume = False,
     progress: ShowProgress = None, phi_dropout: PhiDropout = None, image_column: ImageColumn = None,
     image_root: ImageRoot = None,
 ) -> None:
@@ -135,11 +126,11 @@ def tat(
     pairs: Annotated[list[str] | None, typer.Option(help="Image-caption pairs: .jsonl, CSV/TSV (filepath, title), .parquet, .tar shards.")] = None,
     more: More = None,
     preset: Preset = None, model: Model = None, pretrained: Pretrained = None, out: Out = None, run_dir: RunDir = None,
-    steps: Steps = None, batch_size: BatchSize = None, grad_accum: GradAccum = None, lr: Lr = None,
+    steps: Steps = None, batch_size: GlobalBatch = None, grad_accum: GradAccum = None, lr: Lr = None,
     weight_decay: WeightDecay = None, warmup_steps: WarmupSteps = None, schedule: Schedule = None,
-    precision: Precision = None, seed: Seed = None, log_every: LogEvery = None, checkpoint_every: CheckpointEvery = None,
+    precision: Autocast = None, seed: Seed = None, log_every: LogEvery = None, checkpoint_every: CheckpointEvery = None,
     val_every: ValEvery = None, val_world: ValWorld = None, val_cirr: ValCirr = None, val_circo: ValCirco = None,
-    val_metric: ValMetric = None, num_workers: NumWorkers = None, threads: Threads = None, resume: Resume = False,
+    val_metric: ValMetric = None, num_workers: NumWorkers = None, threads: TorchThreads = None, resume: Resume = False,
     progress: ShowProgress = None, image_column: ImageColumn = None, caption_column: CaptionColumn = None,
     image_root: ImageRoot = None,
     lora_rank: Annotated[int | None, typer.Option(min=1, help="LoRA rank (16).")] = None,
@@ -156,7 +147,6 @@ def tat(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("lincir")(lincir)
-    app.command("pic2word")(pic2word)
-    app.command("tat")(tat)
-    app.command("world-eval")(world_eval)
+    command(app, "lincir")(lincir)
+    command(app, "pic2word")(pic2word)
+    command(app, "tat")(tat)

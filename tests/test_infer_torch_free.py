@@ -108,7 +108,7 @@ def test_no_module_of_the_package_names_a_forbidden_import():
 
 
 # Runtime tests that need neither torch nor a torch-built fixture (tiny_bundle is exported with torch).
-TORCH_FREE_TESTS = ("tests/test_sources.py", "tests/test_search.py")
+TORCH_FREE_TESTS = ("tests/test_infer_sources.py", "tests/test_infer_search.py")
 REPO = Path(__file__).resolve().parent.parent
 
 # Loaded by the child interpreter at start-up (PYTHONPATH): the forbidden modules behave as not installed.

@@ -1,4 +1,5 @@
-"""`zscir-train world`, `world-clip` and `world-report`: the synthetic shapes world."""
+"""`zscir-train world | world-clip | world-report | world-eval`: the synthetic shapes world, its tiny CLIP,
+the training-free baselines on it, and the table of the trained methods on its test queries."""
 
 from __future__ import annotations
 
@@ -8,18 +9,23 @@ from typing import Annotated
 
 import typer
 
-from zscir_train.world import WORLD_CLIP_DIR, WORLD_CLIP_WEIGHTS, WORLD_CLIP_ZERO_SHOT
+from zscir_infer.cli_style import BatchSize, Device, command, err_console
+from zscir_infer.contract import DEFAULT_SLERP_ALPHA
+from zscir_infer.errors import UsageError
+from zscir_train.commands.options import Model, Pretrained, SlerpAlpha
+from zscir_train.world import WORLD_CLIP_DIR, WORLD_CLIP_WEIGHTS
 
-world_app = typer.Typer(help="The synthetic shapes world: generator, tiny CLIP, CIR query sets, baselines.")
+WORLD_EVAL_MODEL = "world-clip"
+WORLD_EVAL_BATCH = 128
 
-Seed = Annotated[int, typer.Option(help="World seed: the same seed gives byte-identical outputs.")]
+WorldSeed = Annotated[int, typer.Option(help="World seed: the same seed gives byte-identical outputs.")]
 ImageSize = Annotated[int, typer.Option(min=16, help="Image side in pixels (world-clip is built for 64).")]
+WorldDir = Annotated[Path, typer.Option(help="A world written by `zscir-train world`.")]
 
 
-@world_app.command("world")
 def world(
     out: Annotated[Path, typer.Option(help="Output directory (must be new or empty unless --force).")],
-    seed: Seed = 0,
+    seed: WorldSeed = 0,
     image_size: ImageSize = 64,
     train_images: Annotated[int, typer.Option(min=1)] = 4000,
     val_images: Annotated[int, typer.Option(min=8, help="CIRR dev gallery; >= 1152 holds every combination.")] = 1500,
@@ -36,28 +42,24 @@ def world(
 
     for name, queries, images in (("val", val_queries, val_images), ("test", test_queries, test_images)):
         if queries > images:
-            raise typer.BadParameter(f"--{name}-queries {queries} exceeds --{name}-images {images}: "
-                                     "each query needs its own reference image.")
+            raise UsageError(f"--{name}-queries {queries} exceeds --{name}-images {images}: "
+                             "each query needs its own reference image.")
     config = WorldConfig(seed=seed, image_size=image_size, train_images=train_images, val_images=val_images,
                          test_images=test_images, captions_per_image=captions_per_image,
                          corpus_captions=corpus_captions, val_queries=val_queries, test_queries=test_queries,
                          domain_queries=domain_queries)
-    try:
-        manifest = generate_world(config, out, force=force)
-    except FileExistsError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+    manifest = generate_world(config, out, force=force)
     typer.echo(f"world written to {out}: {json.dumps(manifest['counts'])}")
 
 
-@world_app.command("world-clip")
 def world_clip(
     run_dir: Annotated[Path, typer.Option(help="Checkpoints and log.jsonl; an existing run resumes.")] = Path("runs/world-clip"),
     out: Annotated[Path, typer.Option(help="Where the fp16 safetensors weights are written.")] = WORLD_CLIP_DIR / WORLD_CLIP_WEIGHTS,
     steps: Annotated[int, typer.Option(min=1)] = 1500,
-    batch_size: Annotated[int, typer.Option(min=2)] = 256,
+    batch_size: Annotated[int, typer.Option(min=2, help="Images (and captions) per optimizer step.")] = 256,
     lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
     seed: int = 0,
-    threads: Annotated[int, typer.Option(min=1)] = 2,
+    threads: Annotated[int, typer.Option(min=1, help="torch CPU threads.")] = 2,
     bf16: Annotated[bool, typer.Option(help="bf16 autocast (fast on CPUs with AVX-512 BF16).")] = True,
 ) -> None:
     """Train the tiny shapes-world CLIP contrastively on CPU and write its weights."""
@@ -68,45 +70,50 @@ def world_clip(
     typer.echo(f"trained {summary['steps']} steps in {summary['elapsed_s']:.0f} s; weights: {out}")
 
 
-@world_app.command("world-report")
 def world_report(
-    world: Annotated[Path, typer.Option(help="A directory written by `zscir-train world`.")],
+    world: WorldDir,
     weights: Annotated[Path, typer.Option(help="world-clip weights (default: the committed ones).")] = WORLD_CLIP_DIR / WORLD_CLIP_WEIGHTS,
     out: Annotated[Path, typer.Option(help="Directory for report.json/.md and zero_shot.json/.md.")] = Path("results/world"),
-    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Slerp text weight.")] = 0.8,
+    alpha: SlerpAlpha = DEFAULT_SLERP_ALPHA,
     record_zero_shot: Annotated[bool, typer.Option(help="Also write zero_shot.json next to the weights.")] = False,
 ) -> None:
     """Zero-shot attribute table and image/text/average/Slerp baselines on the test queries."""
-    from zscir_train.backbone import load_backbone
-    from zscir_train.world import formats
-    from zscir_train.world.report import format_report
-    from zscir_train.world.report import world_report as run_report
-    from zscir_train.world.zeroshot import format_table, zero_shot_table
+    from zscir_train.world.report import write_world_report
 
-    if not (world / "world.json").is_file():
-        raise typer.BadParameter(f"{world} has no world.json: generate it first with `zscir-train world --out {world}`.")
-    if not weights.is_file():
-        raise typer.BadParameter(f"weights file {weights} does not exist.")
-    backbone = load_backbone("world-clip", str(weights))
-    zero_shot = zero_shot_table(backbone)
-    report = run_report(backbone, world, alpha)
-    zero_shot_md = format_table(zero_shot["attributes"])
-    report_md = format_report(report)
-    formats.write_json(out / "zero_shot.json", zero_shot)
-    formats.write_json(out / "report.json", report)
-    (out / "zero_shot.md").write_text(zero_shot_md + "\n")
-    (out / "report.md").write_text(report_md + "\n")
-    if record_zero_shot:
-        formats.write_json(weights.parent / WORLD_CLIP_ZERO_SHOT, zero_shot)
+    zero_shot, zero_shot_md, report_md = write_world_report(world, weights, out, alpha, record_zero_shot)
     typer.echo(f"Zero-shot attribute accuracy ({zero_shot['images']} held-out test images):\n{zero_shot_md}\n")
     typer.echo(report_md)
 
 
+def world_eval(
+    world: WorldDir,
+    out: Annotated[Path, typer.Option(help="Folder for world.json and world.md.")],
+    model: Model = WORLD_EVAL_MODEL,
+    pretrained: Pretrained = None,
+    lincir: Annotated[Path | None, typer.Option(help="A phi written by `zscir-train lincir`.")] = None,
+    pic2word: Annotated[Path | None, typer.Option(help="A phi written by `zscir-train pic2word`.")] = None,
+    tat: Annotated[Path | None, typer.Option(help="Merged CLIP weights written by `zscir-train tat`.")] = None,
+    alpha: SlerpAlpha = DEFAULT_SLERP_ALPHA,
+    device: Device = "cpu",
+    batch_size: BatchSize = WORLD_EVAL_BATCH,
+) -> None:
+    """Test-query table (CIRR R@k, CIRCO mAP@k) of the trained methods and the baselines.
+
+    Without --pretrained, world-clip is the committed world-clip weights.
+    """
+    from zscir_train.training.world_eval import score_world, write_report
+
+    if pretrained is None and model == WORLD_EVAL_MODEL:
+        from zscir_train.world import world_clip_path
+
+        pretrained = str(world_clip_path())
+    report = score_world(world, model, pretrained, lincir, pic2word, tat, alpha, err_console,
+                         device=device, batch_size=batch_size)
+    typer.echo(write_report(report, out))
+
+
 def register(app: typer.Typer) -> None:
-    app.command("world")(world)
-    app.command("world-clip")(world_clip)
-    app.command("world-report")(world_report)
-
-
-if __name__ == "__main__":
-    world_app()
+    command(app, "world")(world)
+    command(app, "world-clip")(world_clip)
+    command(app, "world-report")(world_report)
+    command(app, "world-eval")(world_eval)

@@ -6,15 +6,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from zscir_infer.contract import TemplateError, fill_template
 from zscir_train.checkpoint import meta_for
-from zscir_train.composed import (
-    ComposedQueryEncoder,
-    TemplateError,
-    encode_text_with_pseudo,
-    fill_template,
-    placeholder_token_id,
-    slerp,
-)
+from zscir_train.composed import ComposedQueryEncoder, encode_text_with_pseudo, placeholder_token_id, slerp
 from zscir_train.phi import build_phi
 from zscir_train.reference import TorchReference
 
