@@ -84,6 +84,20 @@ def test_rerun_skips_what_is_present_and_adds_new_files(tmp_path, messy, tiny_bu
         assert g.all_items()[-1].name == "sub/new one.png"
 
 
+def test_json_prints_the_library_summary(tmp_path, messy, tiny_bundle):
+    """`--json` is `index_images`' IndexSummary: the same counts as the table, the bad files with reasons."""
+    root, expected = messy
+    result = index(root, "--bundle", tiny_bundle, "--out", tmp_path / "g", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["added"] == report["count"] == len(expected["good"]) and report["present"] == 0
+    assert report["index_spec"] == "auto" and report["index_factory"] == "Flat" and report["seconds"] > 0
+    assert sorted(Path(b["path"]).name for b in report["bad"]) == sorted(
+        Path(name).name for name in expected["bad"] + expected["listing_bad"])
+    again = json.loads(index(root, "--bundle", tiny_bundle, "--out", tmp_path / "g", "--json").stdout)
+    assert again["added"] == 0 and again["present"] == report["count"]
+
+
 def test_another_source_needs_add(tmp_path, tiny_bundle):
     write_image(tmp_path / "one" / "a.png", 0)
     write_image(tmp_path / "two" / "b.png", 1)

@@ -1,10 +1,12 @@
 """`zscir-train lincir | pic2word | tat` through typer's CliRunner, and the presets."""
 
+import json
+
 import pytest
 import typer
 from typer.testing import CliRunner
 
-from zscir_train.checkpoint import load_phi_checkpoint
+from zscir_train.checkpoint import METADATA_KEY, load_phi_checkpoint
 from zscir_train.commands.train import register
 from zscir_train.training.config import list_presets, load_preset, resolve_config
 from zscir_train.training.lincir import LinCIRConfig
@@ -52,6 +54,19 @@ def test_pic2word_and_tat_commands(app, train_world, train_options, tmp_path):
     result = runner.invoke(app, ["tat", "--pairs", str(train_world / "train" / "pairs.jsonl"), *tiny(train_options),
                                  "--steps", "2", "--batch-size", "8", "--out", str(tmp_path / "tat.safetensors")])
     assert result.exit_code == 0, result.output
+    # TAT tunes the image tower only: the text tower of the checkpoint is the base model's, bit for bit
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "tat.safetensors"), framework="pt") as f:
+        meta = json.loads(f.metadata()[METADATA_KEY])
+        tuned = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 -- safe_open has no items()
+    assert meta["format"] == "zscir-tat" and meta["base"] == "zscir-tiny" and meta["training"]
+    base = torch.load(train_options["pretrained"], weights_only=True)
+    text = [k for k in base if not k.startswith("visual.")]
+    image_changed = [k for k in base if k.startswith("visual.") and not torch.equal(base[k], tuned[k])]
+    assert text and all(torch.equal(base[k], tuned[k]) for k in text)
+    assert image_changed, "two TAT steps left the image encoder unchanged"
 
 
 def test_user_errors_exit_1_with_one_error_line(app, train_world, train_options, tmp_path):
