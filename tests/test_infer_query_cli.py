@@ -62,6 +62,17 @@ def test_results_equal_the_brute_force_oracle(world, method):
     assert [h["rank"] for h in out["results"]] == [1, 2, 3, 4] and out["method"] == method
 
 
+def test_filter_keeps_only_the_matching_gallery_items(world):
+    """`--filter` goes to the gallery store: the ranking is the oracle's, restricted to set1/."""
+    reference = world["paths"][0]
+    [out] = query_json(world, str(reference), "as a sketch", "-k", "3", "--filter", 'name like "set1/%"')
+    names, _ = oracle(world, reference, "as a sketch", len(world["names"]))
+    assert [h["name"] for h in out["results"]] == [n for n in names if n.startswith("set1/")][:3]
+    result = runner.invoke(app, ["query", str(reference), "x", "--filter", "colour == 'red'", "-b",
+                                 str(world["bundle"]), "-g", str(world["gallery"])])
+    assert result.exit_code == 1 and "unknown field 'colour'" in result.stderr
+
+
 def test_plain_output_prints_rank_score_and_path(world):
     reference = world["paths"][0]
     result = runner.invoke(app, ["query", str(reference), "make it red", "-k", "3", "-b", str(world["bundle"]),
