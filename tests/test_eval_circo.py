@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.fixtures.eval_layouts import CIRCO_IDS
+from tests.fixtures.eval_layouts import CIRCO_IDS, write_json
 from zscir_eval.circo import circo_metrics, circo_rankings, circo_submission, read_circo
 
 # One-hot gallery of the 8 images; query weights fix the order (the reference is NOT removed).
@@ -55,3 +55,16 @@ def test_submission_format(circo_root):
     for ids in sub.values():
         assert all(type(i) is int for i in ids) and len(set(ids)) == len(ids) <= 50
     assert json.loads(json.dumps(sub)) == sub
+
+
+def test_a_query_counts_once_per_listing_of_an_aspect(circo_root):
+    # miccunifi/CIRCO evaluation.py: `for aspect in semantic_aspects: semantic_aps_at10[aspect].append(ap)`,
+    # so a query that lists an aspect twice weighs twice in that aspect's mean
+    annotations = json.loads((circo_root / "annotations" / "val.json").read_text())
+    annotations[1]["semantic_aspects"] = ["cardinality", "addition", "cardinality"]
+    write_json(circo_root / "annotations" / "val.json", annotations)
+    data = read_circo(circo_root, "val")
+    m = circo_metrics(data, circo_rankings(data, *hand_features()))
+    assert m["semantic_mAP@10/cardinality"] == pytest.approx(100 * (11 / 24 + 1 + 1) / 3)  # q0 once, q1 twice
+    assert m["semantic_mAP@10/addition"] == pytest.approx(100.0)
+    assert m["mAP@10"] == pytest.approx(100 * 35 / 48)  # the overall mean counts each query once

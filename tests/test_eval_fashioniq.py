@@ -5,7 +5,8 @@
 import numpy as np
 import pytest
 
-from tests.fixtures.eval_layouts import make_fashioniq
+from tests.fixtures.eval_layouts import make_fashioniq, write_json
+from zscir_eval import DatasetError
 from zscir_eval.fashioniq import (
     category_metrics,
     clean_caption,
@@ -13,7 +14,7 @@ from zscir_eval.fashioniq import (
     joined_captions,
     read_fashioniq,
 )
-from zscir_eval.templates import BOTH_ORDERS, LINCIR, PIC2WORD, fashioniq_orders
+from zscir_eval.templates import BOTH_ORDERS, LINCIR, PIC2WORD, fashioniq_clean, fashioniq_orders
 
 
 def test_caption_cleaning_strips_the_official_characters():
@@ -33,7 +34,21 @@ def test_reader(tmp_path, suffix, captions_dir):
     q = dress.queries[0]
     assert (q.candidate, q.target) == ("B0000000X", "B0000001X")
     assert q.captions == ("is red", "has short sleeves")
+    assert q.raw_captions == ("is red.", " has short sleeves ?")
     assert dress.queries[1].captions == ("is longer", "is darker and shinier")
+
+
+def test_a_split_listing_a_target_twice_is_refused(fashioniq_root):
+    # the official assertion (one match per query) fails on it; scoring it at one listing would be silent
+    split_file = fashioniq_root / "image_splits" / "split.shirt.val.json"
+    ids = [f"B001{i:04d}X" for i in range(8)]
+    write_json(split_file, [*ids, "B0010005X"])  # B0010005X is the target of the second shirt query
+    with pytest.raises(DatasetError, match="B0010005X") as info:
+        read_fashioniq(fashioniq_root)
+    assert str(split_file) in str(info.value) and "more than once" in str(info.value)
+    write_json(split_file, [*ids, "B0010007X"])  # a repeated non-target stays, as in the official gallery
+    shirt = read_fashioniq(fashioniq_root).categories[1]
+    assert [ref.key for ref in shirt.gallery].count("B0010007X") == 2
 
 
 def test_test_split_is_refused(fashioniq_root):
@@ -52,6 +67,21 @@ def test_caption_orders_per_method_and_style(fashioniq_root):
     assert joined_captions(q, order) == "has short sleeves and is red"
     (order,) = fashioniq_orders("slerp", LINCIR)
     assert joined_captions(q, order) == "is red and has short sleeves"
+
+
+def test_captions_are_cleaned_per_method(fashioniq_root):
+    # LinCIR/SEARLE strip ".?, " (validate.py); Pic2Word's data.py formats the raw captions:
+    # 'a photo of * , {cap2} and {cap1}'. Slerp and the baselines follow LinCIR/SEARLE.
+    q = read_fashioniq(fashioniq_root).categories[0].queries[0]
+    assert (
+        fashioniq_clean("phi", LINCIR)
+        and fashioniq_clean("slerp", PIC2WORD)
+        and fashioniq_clean("text", LINCIR)
+    )
+    assert not fashioniq_clean("phi", PIC2WORD)
+    (order,) = fashioniq_orders("phi", PIC2WORD)
+    assert joined_captions(q, order, fashioniq_clean("phi", PIC2WORD)) == " has short sleeves ? and is red."
+    assert joined_captions(q, (0, 1), fashioniq_clean("phi", LINCIR)) == "is red and has short sleeves"
 
 
 def test_recall_by_hand(fashioniq_root):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.fixtures.eval_layouts import write_image, write_json
 from zscir_eval.genecis import TASKS, genecis_metrics, read_genecis, task_metrics, task_rankings
 from zscir_eval.images import ImageRef, dilated_box, expand_to_square
 
@@ -65,11 +66,70 @@ def test_per_query_gallery_rankings_and_recall_by_hand(genecis_root):
     # q0 ranks {0 target, 1, 2}: weights 1, 3, 2 -> 1, 2, 0: target third
     # q1 ranks {3 target, 4, 5, 0}: weights 6, 1, 7, 5 -> 5, 3, 0: target second;
     #   items 1 and 2 score 9 but are not in q1's gallery
+    # I holds slots of each query's list (0 = target, i = distractor i), not gallery indices:
+    # q0 slots (vg1, vg2, vg3') -> 1, 2, 0; q1 slots (vg5, vg6, vg7, vg1) -> 2, 0, 3
     xq = np.array([[1, 3, 2, 9, 9, 9], [5, 9, 9, 6, 1, 7]], dtype=np.float32)
     xq /= np.linalg.norm(xq, axis=1, keepdims=True)
     I = task_rankings(task, xq, np.eye(6, dtype=np.float32))
-    assert I.tolist() == [[1, 2, 0], [5, 3, 0]]
+    assert I.tolist() == [[1, 2, 0], [2, 0, 3]]
     assert task_metrics(task, I) == pytest.approx({"R@1": 0.0, "R@2": 50.0, "R@3": 100.0})
+
+
+def vg_item(image_id, box):
+    return {"image_id": image_id, "instance_bbox": list(box), "object_name": "shirt", "attributes": ["red"]}
+
+
+def write_attribute_task(root, samples):
+    for i in range(4):
+        write_image(root / "VG_100K_all" / f"{2300 + i}.jpg", i, (60, 40))
+    write_json(root / "genecis" / "focus_attribute.json", samples)
+    return read_genecis(root, tasks=("focus_attribute",)).tasks[0]
+
+
+def test_boxes_that_differ_beyond_six_digits_are_two_crops(tmp_path):
+    # the same VG image, boxes 10.0000001 and 10.0000002 wide: two crops, two gallery items
+    box_a, box_b = (1.5, 2.0, 10.0000001, 8.0), (1.5, 2.0, 10.0000002, 8.0)
+    task = write_attribute_task(
+        tmp_path,
+        [
+            {
+                "condition": "color",
+                "reference": vg_item(2300, (0, 0, 20, 20)),
+                "target": vg_item(2301, box_a),
+                "gallery": [vg_item(2301, box_b), vg_item(2302, (0, 0, 20, 20))],
+            }
+        ],
+    )
+    keys = [ref.key for ref in task.gallery]
+    assert keys == ["vg/2301@1.5,2,10.0000001,8", "vg/2301@1.5,2,10.0000002,8", "vg/2302@0,0,20,20"]
+    assert [ref.box for ref in task.gallery[:2]] == [box_a, box_b]
+    # different features for the two crops: the distractor crop outscores the target crop, a miss at R@1
+    xq = np.array([[0.6, 0.8, 0.0]], dtype=np.float32)
+    I = task_rankings(task, xq, np.eye(3, dtype=np.float32))
+    assert I[0].tolist() == [1, 0, 2] and task_metrics(task, I)["R@1"] == 0.0
+
+
+def test_a_distractor_that_is_the_target_image_is_not_a_hit(tmp_path):
+    # change_object lists its target among its distractors once; here the target crop is distractor 2.
+    # Its slot ties with the target's: the official counts only the target's own slot, so a tie at
+    # the top is no R@1 hit (by image identity it was one).
+    target = vg_item(2301, (5, 5, 10, 10))
+    task = write_attribute_task(
+        tmp_path,
+        [
+            {
+                "condition": "color",
+                "reference": vg_item(2300, (0, 0, 20, 20)),
+                "target": target,
+                "gallery": [vg_item(2302, (0, 0, 20, 20)), target, vg_item(2303, (0, 0, 20, 20))],
+            }
+        ],
+    )
+    assert len(task.gallery) == 3  # the repeated crop is encoded once
+    xq = np.array([[0.8, 0.6, 0.0]], dtype=np.float32)  # gallery order: target, 2302, 2303
+    I = task_rankings(task, xq, np.eye(3, dtype=np.float32))
+    assert I[0].tolist() == [2, 0, 1]  # slot 2 (the target's image) first, then the target's slot
+    assert task_metrics(task, I) == pytest.approx({"R@1": 0.0, "R@2": 100.0, "R@3": 100.0})
 
 
 def test_average_over_tasks():

@@ -148,7 +148,9 @@ def test_fashioniq_query_features_average_the_caption_orders(
     images = open_all(category.references())
     feats = []
     for order in [(0, 1), (1, 0)][2 - n_orders :]:
-        texts = [f"{q.captions[order[0]]} and {q.captions[order[1]]}" for q in category.queries]
+        # LinCIR strips ".?, " from each caption; Pic2Word joins them raw ("is red. and ...")
+        captions = [q.captions if style == LINCIR else q.raw_captions for q in category.queries]
+        texts = [f"{c[order[0]]} and {c[order[1]]}" for c in captions]
         feats.append(
             reference.encode_queries(
                 list(zip(images, texts, strict=True)), "phi", "a photo of $ that {caption}"

@@ -10,8 +10,11 @@ from zscir_eval.templates import (
     LINCIR,
     LINCIR_TEMPLATE,
     PIC2WORD,
+    PIC2WORD_TEMPLATE,
+    RAW_CAPTION,
     BenchmarkTemplateError,
     check_template,
+    default_template,
     phi_template,
     plain_text,
     prompt_style,
@@ -63,3 +66,14 @@ def test_the_prompt_style_follows_the_placeholder():
     assert prompt_style(SimpleNamespace(placeholder="*")) == PIC2WORD
     assert prompt_style(SimpleNamespace(placeholder="$")) == LINCIR
     assert prompt_style(SimpleNamespace(placeholder=None)) == LINCIR
+
+
+def test_default_templates_follow_the_code_behind_the_published_numbers():
+    # Pic2Word prompts CIRR and FashionIQ with its own template; its GeneCIS numbers come from LinCIR's
+    # eval_genecis branch, which prompts every phi method with "a photo of $ that {caption}"
+    assert default_template("cirr", "phi", PIC2WORD) == PIC2WORD_TEMPLATE
+    assert default_template("fashioniq", "phi", PIC2WORD) == PIC2WORD_TEMPLATE
+    assert default_template("genecis", "phi", PIC2WORD) == LINCIR_TEMPLATE
+    assert default_template("genecis", "phi", LINCIR) == LINCIR_TEMPLATE
+    assert default_template("genecis", "slerp", PIC2WORD) == RAW_CAPTION
+    assert default_template("imagenet-r", "phi", PIC2WORD) == DOMAIN_TEMPLATE

@@ -13,6 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from zscir_eval import LayoutError
+from zscir_eval.cirr import read_cirr
 from zscir_eval.cli import app
 from zscir_eval.world import world_test_splits
 from zscir_train.backbone import load_backbone
@@ -74,6 +75,45 @@ def test_world_test_splits_hold_the_test_queries_with_their_targets(world):
     }
     assert cirr.split == "test1" and circo.split == "test"
     assert all(ref.path.is_file() for ref in cirr.gallery + circo.gallery)
+
+
+# The first entry of CIRR's published captions/cap.rc2.test1.json (Cuberick-Orion/CIRR, cirr_dataset branch)
+CIRR_TEST1_ENTRY = {
+    "pairid": 12063,
+    "reference": "test1-147-1-img1",
+    "caption": "remove all but one dog and add a woman hugging it",
+    "img_set": {
+        "id": 1,
+        "members": [
+            "test1-147-1-img1",
+            "test1-1001-2-img0",
+            "test1-83-1-img1",
+            "test1-359-0-img1",
+            "test1-906-0-img1",
+            "test1-83-0-img1",
+        ],
+        "reference_rank": 3,
+    },
+}
+
+
+def layout(value):
+    """Key order and value types of a JSON entry, recursively (lists by their items' types)."""
+    if isinstance(value, dict):
+        return [(key, layout(v)) for key, v in value.items()]
+    if isinstance(value, list):
+        return ["list", sorted({type(v).__name__ for v in value})]
+    return type(value).__name__
+
+
+def test_the_world_test1_file_is_laid_out_as_cirr_publishes_it(world):
+    # no targets in the official file (CIRR hides them); the world keeps them in ground_truth/
+    official = read(world / "cirr" / "captions" / "cap.rc2.test1.json")
+    assert all(layout(q) == layout(CIRR_TEST1_ENTRY) for q in official)
+    assert not read_cirr(world / "cirr", "test1").has_targets
+    truth = read(world / "ground_truth" / "cirr" / "cap.rc2.test1.json")
+    assert [q["pairid"] for q in truth] == [q["pairid"] for q in official]
+    assert all("target_hard" in q and "target_soft" in q for q in truth)
 
 
 def test_a_folder_without_ground_truth_is_not_a_world(world, tmp_path):

@@ -6,7 +6,8 @@ image_info_unlabeled2017.json (about 123k); the reference is not removed.
 
 Protocol (miccunifi/CIRCO src/evaluation.py, the server's code): the top 50 by cosine;
 AP@k = sum_{i<=k} P@i * rel_i / min(#gt, k) with `gt_img_ids` (target first) as the relevant set;
-mAP@{5,10,25,50}; Recall@k of the target alone; mAP@10 per semantic aspect.
+mAP@{5,10,25,50}; Recall@k of the target alone; mAP@10 per semantic aspect, where a query counts once
+per listing of the aspect in its `semantic_aspects` (the official loop appends its AP@10 per listing).
 """
 
 # ruff: noqa: E741 -- `I` is FAISS's name for the [Q, K] ranking of gallery indices
@@ -117,9 +118,11 @@ def circo_metrics(data: CircoSplit, I: np.ndarray) -> dict[str, float]:
     metrics = {f"mAP@{k}": v for k, v in mean_average_precision_at_k(I, relevant, MAP_KS).items()}
     targets = np.array([index_of[str(q.target)] for q in data.queries], dtype=np.int64)
     metrics |= {f"R@{k}": v for k, v in recall_at_k(I, targets, MAP_KS).items()}
-    aspects = sorted({a for q in data.queries for a in q.semantic_aspects})
-    for aspect in aspects:
-        rows = [i for i, q in enumerate(data.queries) if aspect in q.semantic_aspects]
+    rows_of: dict[str, list[int]] = {}  # aspect -> query rows, a row once per listing of the aspect
+    for i, q in enumerate(data.queries):
+        for aspect in q.semantic_aspects:
+            rows_of.setdefault(aspect, []).append(i)
+    for aspect, rows in sorted(rows_of.items()):
         value = mean_average_precision_at_k(I[rows], [relevant[i] for i in rows], (SEMANTIC_K,))[SEMANTIC_K]
         metrics[f"semantic_mAP@{SEMANTIC_K}/{aspect}"] = value
     return metrics

@@ -6,8 +6,10 @@ tree names the folder `json/`), `image_splits/split.{category}.{split}.json` (im
 
 Protocol (SEARLE/LinCIR validate.py): per category, the gallery is that category's split images and
 the query image the candidate; no reference removal; Recall@10 and @50 of the target, their means over
-the three categories, and the mean of those two. Captions are stripped of leading and trailing
-`.?, ` and joined with " and "; which orders are encoded depends on the method (see templates.py).
+the three categories, and the mean of those two. The two captions are joined with " and ", stripped
+of leading and trailing `.?, ` first (LinCIR, SEARLE) or raw (Pic2Word's data.py); which orders are
+encoded and whether captions are cleaned depend on the method (see templates.py). A split file that
+lists a target twice is refused, as the official assertion (one match per query) refuses it.
 The test split has no targets and no public server, so only val is evaluated.
 """
 
@@ -15,6 +17,7 @@ The test split has no targets and no public server, so only val is evaluated.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
@@ -37,7 +40,8 @@ IMAGE_SUFFIXES = (".jpg", ".png")
 class FashionIQQuery:
     candidate: str
     target: str
-    captions: tuple[str, str]  # stripped
+    captions: tuple[str, str]  # stripped of `.?, ` (LinCIR, SEARLE)
+    raw_captions: tuple[str, str]  # as the file has them (Pic2Word)
 
 
 @dataclass(frozen=True)
@@ -99,11 +103,20 @@ def read_category(root: Path, category: str, split: str) -> FashionIQCategory:
     queries = []
     for e in entries:
         images.setdefault(e["candidate"], _image_ref(images_dir, e["candidate"]))
-        c1, c2 = (clean_caption(c) for c in e["captions"])
-        queries.append(FashionIQQuery(e["candidate"], e["target"], (c1, c2)))
-    outside = sorted({q.target for q in queries} - set(gallery_ids))[:3]
+        c1, c2 = e["captions"]
+        queries.append(
+            FashionIQQuery(e["candidate"], e["target"], (clean_caption(c1), clean_caption(c2)), (c1, c2))
+        )
+    targets = {q.target for q in queries}
+    outside = sorted(targets - set(gallery_ids))[:3]
     if outside:
         raise DatasetError(f"FashionIQ {category}/{split}: targets {outside} are not in {split_file}.")
+    twice = sorted(i for i, n in Counter(gallery_ids).items() if n > 1 and i in targets)
+    if twice:
+        raise DatasetError(
+            f"{split_file} lists the target image(s) {twice[:3]} more than once: a target must be one gallery "
+            "item (the official evaluation asserts one match per query). Remove the repeated entries."
+        )
     return FashionIQCategory(category, [images[i] for i in gallery_ids], queries, images)
 
 
@@ -118,9 +131,11 @@ def read_fashioniq(
     return FashionIQSplit(split, [read_category(Path(root), c, split) for c in categories])
 
 
-def joined_captions(query: FashionIQQuery, order: tuple[int, int]) -> str:
-    """The two captions in the given order, joined as LinCIR and Pic2Word do: "c_a and c_b"."""
-    return f"{query.captions[order[0]]} and {query.captions[order[1]]}"
+def joined_captions(query: FashionIQQuery, order: tuple[int, int], clean: bool = True) -> str:
+    """The two captions in the given order, joined as LinCIR and Pic2Word do: "c_a and c_b";
+    cleaned (LinCIR, SEARLE) or raw (Pic2Word)."""
+    captions = query.captions if clean else query.raw_captions
+    return f"{captions[order[0]]} and {captions[order[1]]}"
 
 
 def category_rankings(category: FashionIQCategory, xq: np.ndarray, xb: np.ndarray) -> np.ndarray:

@@ -7,10 +7,14 @@ COCO val2017 images `val2017/{val_image_id:012d}.jpg` for the object tasks.
 Each sample is `{condition, reference, target, gallery[]}`; attribute images are
 `{image_id, instance_bbox: [x, y, w, h], ...}` and are cropped around the box (dilation 0.7) and
 padded to a square; object images are `{val_image_id}`. Protocol (genecis eval_functions.validate):
-each query ranks its own gallery, the target plus the distractors; Recall@{1,2,3} of the target.
+each query ranks its own gallery list, the target in slot 0 then the distractors; Recall@{1,2,3} of
+slot 0. Slots are ranked, not images: a distractor that is the target's image (change_object has one)
+scores exactly as the target, and its slot is not a hit. The official sort leaves such ties in an
+unspecified order (torch.sort); here a distractor wins a tie with the target, so a tie is never a hit.
+Images are encoded once per task: an attribute crop is keyed by its image and its exact box.
 """
 
-# ruff: noqa: E741 -- `I` is FAISS's name for the [Q, K] ranking of gallery indices
+# ruff: noqa: E741 -- `I` is FAISS's name for the [Q, K] ranking (here: slots of each query's list)
 
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from typing import ClassVar
 import numpy as np
 
 from zscir_eval.images import ImageRef
-from zscir_eval.metrics import recall_at_k, search_subsets
+from zscir_eval.metrics import NO_RESULT, recall_at_k
 from zscir_eval.splits import DatasetError, LayoutError, PartedSplit, read_json
 
 TASKS = ("focus_attribute", "change_attribute", "focus_object", "change_object")
@@ -29,6 +33,7 @@ SPLITS = ("val",)
 RECALL_KS = (1, 2, 3)
 VG_DIR, COCO_DIR = "VG_100K_all", "val2017"
 JSON_DIRS = ("genecis", ".")
+TARGET_SLOT = 0  # the official loader puts the target first in each query's gallery list
 
 
 @dataclass(frozen=True)
@@ -74,9 +79,14 @@ class GenecisSplit(PartedSplit):
     tasks: list[GenecisTask]
 
 
+def exact_number(value: float) -> str:
+    """A box coordinate written exactly: integers without a fraction, others as Python's round-trip repr."""
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
 def attribute_image(root: Path, item: dict) -> ImageRef:
     box = tuple(float(v) for v in item["instance_bbox"])
-    key = f"vg/{item['image_id']}@{','.join(f'{v:g}' for v in box)}"
+    key = f"vg/{item['image_id']}@{','.join(exact_number(v) for v in box)}"  # two boxes, two crops
     return ImageRef(key, root / VG_DIR / f"{item['image_id']}.jpg", box)
 
 
@@ -121,18 +131,25 @@ def read_genecis(root: str | Path, split: str = "val", tasks: tuple[str, ...] = 
 
 
 def task_rankings(task: GenecisTask, xq: np.ndarray, xb: np.ndarray) -> np.ndarray:
-    """I [Q, 3] over each query's own gallery (target first, then distractors); indices into task.gallery."""
+    """I [Q, 3]: slots of each query's own gallery list (0 = the target, i = distractor i), best first.
+
+    xb [N, D] holds task.gallery's features; a slot scores its image's feature. Ties go against the
+    target: a distractor slot with the target's exact score ranks before it. -1 pads a short list.
+    """
     index_of = {ref.key: i for i, ref in enumerate(task.gallery)}
-    subsets = [
-        np.array([index_of[r.key] for r in (q.target, *q.distractors)], dtype=np.int64) for q in task.queries
-    ]
-    _, I = search_subsets(xq, xb, subsets, max(RECALL_KS))
+    I = np.full((len(task.queries), max(RECALL_KS)), NO_RESULT, dtype=np.int64)
+    for q, query in enumerate(task.queries):
+        slots = np.array([index_of[r.key] for r in (query.target, *query.distractors)], dtype=np.int64)
+        scores = xb[slots] @ xq[q]  # [len(slots)]
+        is_target = np.arange(len(slots)) == TARGET_SLOT
+        order = np.lexsort((is_target, -scores))[: I.shape[1]]  # by score, then distractors first
+        I[q, : len(order)] = order
     return I
 
 
 def task_metrics(task: GenecisTask, I: np.ndarray) -> dict[str, float]:
-    index_of = {ref.key: i for i, ref in enumerate(task.gallery)}
-    targets = np.array([index_of[q.target.key] for q in task.queries], dtype=np.int64)
+    """Recall@{1,2,3} of the target's slot in the slot rankings of `task_rankings`."""
+    targets = np.full(len(task.queries), TARGET_SLOT, dtype=np.int64)
     return {f"R@{k}": v for k, v in recall_at_k(I, targets, RECALL_KS).items()}
 
 

@@ -30,6 +30,7 @@ from zscir_eval.splits import DatasetError
 from zscir_eval.templates import (
     check_template,
     default_template,
+    fashioniq_clean,
     fashioniq_orders,
     phi_template,
     plain_text,
@@ -205,11 +206,13 @@ def fashioniq_query_features(
     h: Harness, category: fashioniq.FashionIQCategory, method: str, template: str, style: str
 ) -> np.ndarray:
     """[Q, D]: one normalized feature per caption order, averaged and renormalized (LinCIR's
-    normalize((f(c1 and c2) + f(c2 and c1)) / 2); a single order is just f(order))."""
+    normalize((f(c1 and c2) + f(c2 and c1)) / 2); a single order is just f(order)). Captions are
+    cleaned or raw as the method's own code has them (`fashioniq_clean`)."""
     refs = category.references()
+    clean = fashioniq_clean(method, style)
     features = [
         h.query_features(
-            refs, [fashioniq.joined_captions(q, order) for q in category.queries], template, method
+            refs, [fashioniq.joined_captions(q, order, clean) for q in category.queries], template, method
         )
         for order in fashioniq_orders(method, style)
     ]

@@ -6,9 +6,17 @@ relative to ROOT (`imgnet/real/...`, `imgnet/imagenet-r/...`). ROOT may also be 
 
 Protocol (eval_utils.evaluate_imgnet_retrieval / get_metrics_imgnet): for each domain of
 cartoon, origami, toy, sculpture (label offsets 0, 1000, 2000, 3000), every real photo is a query with
-the prompt `a {domain} of *`; the gallery is all ImageNet-R images of the four domains (no real
-photos); relevant = same class and the requested domain; R@k = relevant items in the top k / all
-relevant items, averaged over queries; reported per domain and averaged over domains.
+the prompt `a {domain} of *`; the gallery is every image of imgnet_targets.txt: the 6,983 ImageNet-R
+images of the four domains and the 10,000 real query photos themselves (labelled class + 6000, a
+domain no prompt asks for, so never relevant, but ranked: they compete with the targets);
+relevant = same class and the requested domain; R@k = relevant items in the top k / all relevant
+items, averaged over queries (a query whose class has no image in that domain scores 0 and counts);
+reported per domain and averaged over domains.
+
+Arithmetic: the official code divides by (relevant + 1e-5) in float32. `domain_metrics` divides
+exactly by default; `recall=official_set_recall_at_k` repeats the official arithmetic. On the real
+lists the two differ by at most 2.5e-4 points per domain (origami, whose smallest classes have one
+image), invisible at the two decimals the papers report.
 """
 
 # ruff: noqa: E741 -- `I` is FAISS's name for the [Q, K] ranking of gallery indices
@@ -36,8 +44,8 @@ class ImagenetRSplit:
     split: str
     queries: list[ImageRef]  # real photos
     query_classes: np.ndarray  # [Q] class index
-    gallery: list[ImageRef]  # ImageNet-R images of the four domains
-    gallery_labels: np.ndarray  # [N] class + 1000 * domain index
+    gallery: list[ImageRef]  # every image of imgnet_targets.txt: ImageNet-R and the real photos
+    gallery_labels: np.ndarray  # [N] class + 1000 * domain index (6 for the real photos)
 
     @property
     def query_counts(self) -> dict[str, int]:
@@ -98,10 +106,15 @@ def domain_rankings(data: ImagenetRSplit, xq: np.ndarray, xb: np.ndarray) -> np.
     return I
 
 
-def domain_metrics(data: ImagenetRSplit, domain: str, I: np.ndarray) -> dict[str, float]:
-    """R@k for one requested domain: relevant = same class, that domain."""
+def domain_metrics(
+    data: ImagenetRSplit, domain: str, I: np.ndarray, recall=set_recall_at_k
+) -> dict[str, float]:
+    """R@k for one requested domain: relevant = same class, that domain.
+
+    recall: `set_recall_at_k` (exact) or `official_set_recall_at_k` (Pic2Word's float32 + 1e-5).
+    """
     query_labels = data.query_classes + DOMAIN_LABEL_OFFSET * DOMAINS.index(domain)
-    return {f"R@{k}": v for k, v in set_recall_at_k(I, query_labels, data.gallery_labels, RECALL_KS).items()}
+    return {f"R@{k}": v for k, v in recall(I, query_labels, data.gallery_labels, RECALL_KS).items()}
 
 
 def imagenet_r_metrics(per_domain: dict[str, dict[str, float]]) -> dict[str, float]:

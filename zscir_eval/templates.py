@@ -33,6 +33,8 @@ DOMAIN_BENCHMARK = "imagenet-r"  # the one benchmark that fills {domain} (and no
 CHECKED_DOMAIN = "cartoon"  # any ImageNet-R domain, to try a template before encoding
 CAPTION_MARK = "\0caption\0"  # stands for the caption while the other fields are filled
 
+GENECIS_BENCHMARK = "genecis"  # LinCIR's eval_genecis branch: LINCIR_TEMPLATE for every phi method
+
 # FashionIQ caption orders: LinCIR encodes "c1 and c2" and "c2 and c1" and averages the two normalized
 # features; Pic2Word's data.py encodes "c2 and c1" only; the other methods use the captions in order.
 BOTH_ORDERS, REVERSED_ORDER, GIVEN_ORDER = ((0, 1), (1, 0)), ((1, 0),), ((0, 1),)
@@ -48,11 +50,17 @@ def prompt_style(encoder: QueryEncoder) -> str:
 
 
 def default_template(benchmark: str, method: str, style: str) -> str:
-    """The paper's template for this benchmark, method and prompt style."""
+    """The template of the code behind the published numbers, for this benchmark, method and prompt style.
+
+    GeneCIS: Pic2Word's own code has no GeneCIS evaluation; its published GeneCIS numbers come from
+    LinCIR's eval_genecis branch, which prompts every phi method with `a photo of $ that {caption}`.
+    """
     if benchmark == DOMAIN_BENCHMARK:
         return DOMAIN_TEMPLATE
     if method != PHI:
         return RAW_CAPTION
+    if benchmark == GENECIS_BENCHMARK:
+        return LINCIR_TEMPLATE
     return PIC2WORD_TEMPLATE if style == PIC2WORD else LINCIR_TEMPLATE
 
 
@@ -61,6 +69,13 @@ def fashioniq_orders(method: str, style: str) -> tuple[tuple[int, int], ...]:
     if method != PHI:
         return GIVEN_ORDER
     return REVERSED_ORDER if style == PIC2WORD else BOTH_ORDERS
+
+
+def fashioniq_clean(method: str, style: str) -> bool:
+    """Whether FashionIQ captions are stripped of `.?, ` before joining: LinCIR and SEARLE strip them
+    (validate.py), Pic2Word's data.py joins them raw. Slerp and the baselines, which have no official
+    FashionIQ code of their own, follow LinCIR/SEARLE, whose caption order they share."""
+    return not (method == PHI and style == PIC2WORD)
 
 
 def check_template(template: str, benchmark: str, method: str, placeholder: str | None) -> None:
