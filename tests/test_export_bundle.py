@@ -67,14 +67,17 @@ def test_every_file_is_listed_with_its_sha256_and_nothing_else_is_there(tiny_bun
 
 def test_manifest_fields_per_method(tiny_bundle, tiny_slerp_bundle, tiny_pic2word_bundle):
     lincir, slerp, pic2word = manifest(tiny_bundle), manifest(tiny_slerp_bundle), manifest(tiny_pic2word_bundle)
-    assert lincir["method"] == "lincir" and lincir["placeholder"] == {"text": "$", "id": 259}
+    assert lincir["method"] == "lincir" and lincir["placeholder"] == {"text": "$", "id": 259, "policy": "all"}
     assert lincir["templates"]["default"] == "a photo of $ that {caption}"
     assert set(lincir["graphs"]) == {"image_encoder", "query_encoder", "text_encoder"}
     assert set(lincir["graphs"]["query_encoder"]) == {"fp32", "fp16", "int8"}
     assert lincir["backbone"]["pretrained"] == "zscir-tiny.safetensors"  # a file by name, never a machine path
     assert lincir["source"]["kind"] == "zscir" and lincir["phi"]["kind"] == "lincir"
     assert slerp["method"] == "slerp" and slerp["placeholder"] is None and "query_encoder" not in slerp["graphs"]
-    assert pic2word["placeholder"] == {"text": "*", "id": 265} and pic2word["source"]["kind"] == "official-pic2word"
+    assert pic2word["placeholder"] == {"text": "*", "id": 265, "policy": "first"}  # as Pic2Word's own code
+    assert pic2word["source"]["kind"] == "official-pic2word" and pic2word["phi"]["l2_normalize"] is False
+    assert lincir["phi"]["l2_normalize"] is False  # LinCIR's default
+    assert {m["backbone"]["activation"] for m in (lincir, slerp, pic2word)} == {"gelu"}  # zscir-tiny's config
     assert lincir["preprocess"] == {"image_size": 32, "mean": [0.48145466, 0.4578275, 0.40821073],
                                     "std": [0.26862954, 0.26130258, 0.27577711], "interpolation": "bicubic",
                                     "resize_mode": "shortest", "fill_color": 0, "crop": "center"}
@@ -121,6 +124,18 @@ def test_all_validation_failures_are_reported_together_and_no_bundle_is_left(tin
     assert failures == {(g, p) for g in ("image_encoder", "query_encoder", "text_encoder") for p in ("fp32", "fp16")}
     assert "needs cosine >= 1.1" in str(info.value) and "min cosine" in str(info.value)
     assert list(tmp_path.iterdir()) == []  # neither the bundle nor its temporary directory
+
+
+def test_an_encoder_computing_another_activation_than_the_backbone_fails_validation(tiny_source, tmp_path):
+    """The manifest's backbone.activation is checked against the exported graphs (QuickGELU: Sigmoid, GELU: Erf)."""
+    import dataclasses
+
+    wrong = dataclasses.replace(tiny_source, backbone=dataclasses.replace(tiny_source.backbone, activation="quick_gelu"))
+    with pytest.raises(ValidationError) as info:
+        export_bundle(wrong, ExportOptions(tmp_path / "bundle"))
+    assert {f.graph for f in info.value.failures} == {"image_encoder", "text_encoder"}
+    assert "computes gelu but the backbone is built with quick_gelu" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_an_interrupted_export_keeps_the_previous_bundle(tiny_source, tmp_path, monkeypatch):

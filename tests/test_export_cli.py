@@ -51,7 +51,8 @@ def test_an_official_searle_checkpoint_with_its_backbone(tiny_backbone, tiny_cli
                     "--out", out)
     assert result.exit_code == 0, result.output
     m = manifest(out)
-    assert m["method"] == "searle" and m["source"]["kind"] == "official-lincir" and m["placeholder"]["id"] == 259
+    assert m["method"] == "searle" and m["source"]["kind"] == "official-searle" and m["placeholder"]["id"] == 259
+    assert m["placeholder"]["policy"] == "first"  # SEARLE's own code substitutes the first placeholder only
 
 
 def test_a_tat_checkpoint_exports_its_tuned_image_encoder(tiny_clip_weights, tmp_path):

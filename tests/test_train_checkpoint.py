@@ -42,6 +42,8 @@ def test_official_checkpoint_matches_our_format(tmp_path, tiny_backbone, method)
     assert meta_a.method == meta_b.method == method
     assert meta_a.placeholder == meta_b.placeholder == ("*" if kind == "pic2word" else "$")
     assert meta_b.backbone_name == "zscir-tiny"
+    assert meta_a.source == f"official-{method}"  # an official SEARLE file says searle, not lincir
+    assert meta_a.policy == meta_b.policy == ("all" if method == "lincir" else "first")
     qa = TorchReference(tiny_backbone, phi_a, meta_a).encode_queries(_queries())
     qb = TorchReference(tiny_backbone, phi_b, meta_b).encode_queries(_queries())
     np.testing.assert_array_equal(qa, qb)
@@ -54,6 +56,24 @@ def test_meta_roundtrip(tmp_path, tiny_backbone):
     _, loaded = load_phi_checkpoint(path)
     assert loaded == meta
     assert isinstance(loaded, PhiMeta)
+
+
+def test_policy_l2_normalize_and_activation_travel_with_the_checkpoint(tmp_path, tiny_backbone):
+    phi = build_phi("lincir", tiny_backbone.embed_dim, tiny_backbone.width)
+    meta = meta_for(phi, tiny_backbone, "lincir", placeholder_policy="first", l2_normalize=True)
+    assert meta.backbone_activation == tiny_backbone.activation == "gelu"
+    _, loaded = load_phi_checkpoint(save_phi_checkpoint(tmp_path / "phi.safetensors", phi, meta))
+    assert (loaded.policy, loaded.l2_normalize, loaded.backbone_activation) == ("first", True, "gelu")
+    reference = TorchReference(tiny_backbone, phi, loaded)
+    assert (reference.query_encoder.placeholder_policy, reference.query_encoder.l2_normalize) == ("first", True)
+
+
+def test_an_unknown_placeholder_policy_is_refused(tmp_path, tiny_backbone):
+    phi = build_phi("lincir", tiny_backbone.embed_dim, tiny_backbone.width)
+    meta = meta_for(phi, tiny_backbone, "lincir", placeholder_policy="second")
+    path = save_phi_checkpoint(tmp_path / "phi.safetensors", phi, meta)
+    with pytest.raises(CheckpointError, match="placeholder policy 'second'"):
+        load_phi_checkpoint(path)
 
 
 def test_other_backbone_width_is_refused(tmp_path, tiny_backbone):

@@ -34,7 +34,7 @@ from zscir_infer.cli_style import (
     console,
     err_console,
 )
-from zscir_infer.contract import METHODS, PHI, sha256_file
+from zscir_infer.contract import CLIP_PREPROCESS, METHODS, PHI, SEARLE, TARGETPAD, sha256_file
 from zscir_infer.errors import UsageError
 
 RANDOM_INIT = "random-init"  # a backbone without weights is drawn anew each run: never cache its features
@@ -152,6 +152,7 @@ def torch_encoder(ckpt: Path | None, backbone_name: str | None, pretrained: str 
     from zscir_train.backbone import load_backbone
     from zscir_train.checkpoint import check_dims, load_phi_checkpoint
     from zscir_train.reference import TorchReference
+    from zscir_train.targetpad import with_preprocess
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -164,6 +165,8 @@ def torch_encoder(ckpt: Path | None, backbone_name: str | None, pretrained: str 
     backbone = load_backbone(name, pretrained)
     if meta is not None:
         check_dims(meta, backbone, ckpt)
+    # the preprocessing its authors evaluate with, as `zscir-export` gives the bundle: SEARLE's target pad
+    backbone = with_preprocess(backbone, TARGETPAD if meta is not None and meta.method == SEARLE else CLIP_PREPROCESS)
     weights = sha256_file(Path(pretrained)) if pretrained and Path(pretrained).is_file() else pretrained
     # the architecture and preprocessing as loaded, not just the name: a config edited under the same
     # name loads the same weights into another network

@@ -16,10 +16,11 @@ it). `fill_template` is the only function that turns a template into a prompt, f
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import string
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -76,9 +77,13 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 # --- preprocessing ---------------------------------------------------------------------------------------
 INTERPOLATIONS = ("bicubic", "bilinear")
-RESIZE_MODES = ("shortest", "squash", "longest")
-CROP_BY_RESIZE_MODE = {"shortest": "center", "squash": "none", "longest": "center_or_pad"}
-PREPROCESS_KEYS = ("image_size", "mean", "std", "interpolation", "resize_mode", "fill_color")
+TARGETPAD = "targetpad"  # SEARLE's target-pad: pad to target_ratio, then "shortest" (see PreprocessConfig)
+RESIZE_MODES = ("shortest", "squash", "longest", TARGETPAD)
+CROP_BY_RESIZE_MODE = {"shortest": "center", "squash": "none", "longest": "center_or_pad", TARGETPAD: "center"}
+PREPROCESS_KEYS = ("image_size", "mean", "std", "interpolation", "resize_mode", "fill_color", "target_ratio")
+CLIP_PREPROCESS = "clip"  # the backbone's own open_clip eval transform
+PREPROCESS_CHOICES = (CLIP_PREPROCESS, TARGETPAD)  # `zscir-export --preprocess`
+SEARLE_TARGET_RATIO = 1.25  # SEARLE's validate.py and generate_test_submission.py: targetpad_transform(1.25, ...)
 
 
 class PreprocessConfigError(ZscirError, ValueError):
@@ -87,7 +92,20 @@ class PreprocessConfigError(ZscirError, ValueError):
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """open_clip's eval transform as data; the bundle manifest stores `to_dict()`."""
+    """open_clip's eval transform as data (or SEARLE's target-pad in front of it); the manifest stores `to_dict()`.
+
+    resize_mode "targetpad" (SEARLE's `TargetPad` + `targetpad_transform`) pads the decoded RGB image, then
+    continues exactly as "shortest". With w, h the image size and r = target_ratio, in IEEE double:
+    - if max(w, h) / min(w, h) < r: no pad;
+    - else t = max(w, h) / r; pad_x = max(trunc((t - w) / 2), 0); pad_y = max(trunc((t - h) / 2), 0)
+      (trunc: toward zero, as Python's int()); pad_x columns go on the left AND on the right, pad_y rows
+      on the top AND on the bottom (the image stays centered; the result is (w + 2 pad_x) x (h + 2 pad_y));
+      only the short side gets a pad, so the padded ratio is r up to one pixel;
+    - pad value: fill_color in every channel (0, black, is SEARLE's);
+    then the shortest-side resize to image_size and the center crop, as for "shortest".
+    target_ratio is present exactly when resize_mode is "targetpad" (to_dict omits it otherwise, so the
+    manifests written before it existed read and write unchanged).
+    """
 
     image_size: int
     mean: tuple[float, float, float]
@@ -95,6 +113,7 @@ class PreprocessConfig:
     interpolation: str = "bicubic"
     resize_mode: str = "shortest"
     fill_color: int = 0
+    target_ratio: float | None = None
 
     def __post_init__(self):
         if not isinstance(self.image_size, int) or self.image_size <= 0:
@@ -112,13 +131,42 @@ class PreprocessConfig:
             )
         if self.resize_mode not in RESIZE_MODES:
             raise PreprocessConfigError(f"preprocess.resize_mode {self.resize_mode!r} is not one of {RESIZE_MODES}.")
+        self._check_target_ratio()
+
+    def _check_target_ratio(self) -> None:
+        ratio = self.target_ratio
+        if self.resize_mode != TARGETPAD:
+            if ratio is not None:
+                raise PreprocessConfigError(
+                    f"preprocess.target_ratio {ratio!r} is given but resize_mode is {self.resize_mode!r}: it applies "
+                    f"only to resize_mode {TARGETPAD!r}; drop it or set the mode."
+                )
+            return
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio < 1:
+            raise PreprocessConfigError(
+                f"preprocess.target_ratio must be a number >= 1 (long side / short side) for resize_mode "
+                f"{TARGETPAD!r}, got {ratio!r}; SEARLE uses {SEARLE_TARGET_RATIO}."
+            )
+        object.__setattr__(self, "target_ratio", float(ratio))
 
     @property
     def crop(self) -> str:
         return CROP_BY_RESIZE_MODE[self.resize_mode]
 
+    def with_targetpad(self, target_ratio: float = SEARLE_TARGET_RATIO, fill_color: int = 0) -> PreprocessConfig:
+        """This "shortest" config with SEARLE's target-pad in front (fill 0, black, as SEARLE pads)."""
+        if self.resize_mode not in ("shortest", TARGETPAD):
+            raise PreprocessConfigError(
+                f"targetpad continues with the shortest-side resize and center crop, but this preprocessing "
+                f"resizes {self.resize_mode!r}: use the backbone's own preprocessing (clip)."
+            )
+        return replace(self, resize_mode=TARGETPAD, target_ratio=target_ratio, fill_color=fill_color)
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "mean": list(self.mean), "std": list(self.std), "crop": self.crop}
+        d = {**asdict(self), "mean": list(self.mean), "std": list(self.std), "crop": self.crop}
+        if self.target_ratio is None:
+            del d["target_ratio"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> PreprocessConfig:
@@ -185,3 +233,14 @@ def fill_template(template: str, caption: str, placeholder: str | None, domain: 
         )
     text = template.format(placeholder=placeholder or "", caption=caption, domain=domain or "")
     return text if placeholder is not None or "placeholder" not in fields else re.sub(r"\s+", " ", text).strip()
+
+
+# --- placeholder substitution and backbone activation (issue 13) -----------------------------------------
+# Where phi's token replaces the placeholder, as each method's official code does it: LinCIR at every
+# occurrence (a `where` over the ids), SEARLE and Pic2Word at the first occurrence only.
+PLACEHOLDER_FIRST, PLACEHOLDER_ALL = "first", "all"
+PLACEHOLDER_POLICIES = (PLACEHOLDER_FIRST, PLACEHOLDER_ALL)
+METHOD_PLACEHOLDER_POLICY = {LINCIR: PLACEHOLDER_ALL, SEARLE: PLACEHOLDER_FIRST, PIC2WORD: PLACEHOLDER_FIRST}
+# The CLIP towers' MLP activation: OpenAI's weights were trained with QuickGELU (x * sigmoid(1.702 x)).
+QUICK_GELU, GELU = "quick_gelu", "gelu"
+ACTIVATIONS = (QUICK_GELU, GELU)

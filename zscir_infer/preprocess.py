@@ -8,6 +8,14 @@ in the same order as torchvision does on PIL input, then the same float32 arithm
   "squash" scales to image_size x image_size; "longest" scales the long side to image_size
   (round(x / ratio)) and pads with fill_color. Pillow resizes with antialiasing, in the image's own
   mode (mode "1" and "P" images are resized nearest, as Pillow does for torchvision too);
+  "targetpad" first pads as SEARLE's `TargetPad` does (below), then resizes as "shortest";
+- target pad (SEARLE's `targetpad_transform(1.25, size)`, the preprocessing of its validation and test
+  submission scripts): an image whose long/short ratio is at least target_ratio r (float64 division)
+  gets t = long / r, pad_x = max(int((t - w) / 2), 0), pad_y = max(int((t - h) / 2), 0) (int truncates
+  toward zero), pad_x columns of fill_color on both the left and the right and pad_y rows on both the
+  top and the bottom, the same `ImageOps.expand` call torchvision's F.pad makes; a ratio below r is
+  left as is. Only the short side grows, so a 5:3 picture becomes 5:4 and the center crop keeps the
+  middle 4/5 of its width (the clip mode keeps 3/5) with a black band above and below;
 - crop: center crop, offsets int(round((h - crop) / 2.0));
 - image.convert("RGB"), after the crop as in open_clip's transform (_convert_to_rgb);
 - ToTensor then Normalize: (uint8 / 255 - mean) / std in float32, here through a lookup table holding
@@ -38,7 +46,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps
 
-from zscir_infer.contract import PreprocessConfig
+from zscir_infer.contract import TARGETPAD, PreprocessConfig
 from zscir_infer.errors import ZscirError
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own warning limit (about 0.25 GB of RGB pixels)
@@ -135,6 +143,19 @@ def _center_crop_or_pad(image: Image.Image, size: int, fill: int) -> Image.Image
     return image.crop((left, top, left + size, top + size))
 
 
+def target_pad_sizes(width: int, height: int, target_ratio: float) -> tuple[int, int]:
+    """(pad_x, pad_y) of SEARLE's TargetPad: pixels added on EACH of left/right and top/bottom."""
+    if max(width, height) / min(width, height) < target_ratio:
+        return 0, 0
+    padded_short = max(width, height) / target_ratio  # float64, as SEARLE computes it
+    return max(int((padded_short - width) / 2), 0), max(int((padded_short - height) / 2), 0)
+
+
+def _target_pad(image: Image.Image, cfg: PreprocessConfig) -> Image.Image:
+    pad_x, pad_y = target_pad_sizes(*image.size, cfg.target_ratio)
+    return _pad(image, (pad_x, pad_y, pad_x, pad_y), cfg.fill_color) if pad_x or pad_y else image
+
+
 def _resized_size(width: int, height: int, cfg: PreprocessConfig) -> tuple[int, int]:
     """(width, height) after open_clip's resize, with torchvision's and timm's rounding."""
     size = cfg.image_size
@@ -150,7 +171,9 @@ def _resized_size(width: int, height: int, cfg: PreprocessConfig) -> tuple[int, 
 
 
 def resize_and_crop(image: Image.Image, cfg: PreprocessConfig) -> Image.Image:
-    """The PIL part of open_clip's eval transform: resize, crop (or pad), convert to RGB."""
+    """The PIL part of open_clip's eval transform: (target pad,) resize, crop (or pad), convert to RGB."""
+    if cfg.resize_mode == TARGETPAD:
+        image = _target_pad(image, cfg)
     new_size = _resized_size(*image.size, cfg)
     if new_size != image.size:
         image = image.resize(new_size, RESAMPLE[cfg.interpolation])

@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from zscir_infer.atomic import atomic_path
-from zscir_infer.contract import PHI_KINDS
+from zscir_infer.contract import METHOD_PLACEHOLDER_POLICY, PHI_KINDS, PLACEHOLDER_POLICIES
 from zscir_infer.errors import ZscirError
 from zscir_train import __version__
 from zscir_train.phi import build_phi, phi_kind
@@ -53,13 +53,22 @@ class PhiMeta:
     hidden_dim: int
     backbone_name: str | None = None
     backbone_pretrained: str | None = None
+    backbone_activation: str | None = None  # quick_gelu | gelu: what the backbone phi was trained on used
     placeholder: str = LINCIR_PLACEHOLDER
     template: str = DEFAULT_TEMPLATES["lincir"]
     training: dict = field(default_factory=dict)
-    source: str = "zscir"  # zscir | official-lincir | official-pic2word
+    source: str = "zscir"  # zscir | official-lincir | official-searle | official-pic2word
+    # "first" | "all"; None (checkpoints before issue 13): the method's own, METHOD_PLACEHOLDER_POLICY
+    placeholder_policy: str | None = None
+    l2_normalize: bool = False  # LinCIR's --l2_normalize: image features normalized before phi
     zscir_version: str = __version__
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
+
+    @property
+    def policy(self) -> str:
+        """Where phi's token goes: the checkpoint's recorded policy, else what the method's official code does."""
+        return self.placeholder_policy or METHOD_PLACEHOLDER_POLICY[self.method]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -77,6 +86,9 @@ class PhiMeta:
         if data.get("phi_kind") not in PHI_KINDS:
             raise CheckpointError(f"{path} names phi form {data.get('phi_kind')!r}, not one of {PHI_KINDS}: "
                                   "the checkpoint's metadata is damaged or from another tool.")
+        if data.get("placeholder_policy") not in (None, *PLACEHOLDER_POLICIES):
+            raise CheckpointError(f"{path} names placeholder policy {data['placeholder_policy']!r}, not one of "
+                                  f"{PLACEHOLDER_POLICIES}: the checkpoint's metadata is damaged.")
         known = cls.__dataclass_fields__.keys()
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -145,7 +157,7 @@ def _read_official(path: Path, method: str | None) -> tuple[dict, PhiMeta]:
     meta = PhiMeta(
         method=method, phi_kind=METHOD_PHI_KIND[method], embed_dim=int(d_in), width=int(width),
         hidden_dim=int(hidden), placeholder=METHOD_PLACEHOLDER[method], template=DEFAULT_TEMPLATES[method],
-        source=f"official-{METHOD_PHI_KIND[method]}",
+        source=f"official-{method}", placeholder_policy=METHOD_PLACEHOLDER_POLICY[method],
         training={"epoch": blob["epoch"]} if isinstance(blob.get("epoch"), int) else {},
     )
     return state, meta
@@ -188,5 +200,7 @@ def meta_for(phi: torch.nn.Module, backbone, method: str, **extra) -> PhiMeta:
     return PhiMeta(
         method=method, phi_kind=phi_kind(phi), embed_dim=phi.embed_dim, width=phi.width,
         hidden_dim=phi.hidden_dim, backbone_name=backbone.name, backbone_pretrained=backbone.pretrained,
-        placeholder=METHOD_PLACEHOLDER[method], template=DEFAULT_TEMPLATES[method], **extra,
+        backbone_activation=getattr(backbone, "activation", None),
+        placeholder=METHOD_PLACEHOLDER[method], template=DEFAULT_TEMPLATES[method],
+        **{"placeholder_policy": METHOD_PLACEHOLDER_POLICY[method], **extra},
     )

@@ -2,8 +2,18 @@
 
 A composed query = phi(image features) substituted as a pseudo-token into a prompt such as
 `a photo of $ that {caption}` (filled by `zscir_infer.contract.fill_template`), then CLIP's text path.
-The substitution is a fixed-length `where` at every position whose id is the placeholder's (no
-nonzero/cat), so the module exports with static shapes.
+The substitution is a fixed-length `where` (no nonzero/cat), so the module exports with static shapes,
+at the positions the placeholder policy names, as each method's official code substitutes:
+- "all" (LinCIR's `torch.where(text == 259, ...)`): every position whose id is the placeholder's;
+- "first" (SEARLE's `encode_with_pseudo_tokens`, Pic2Word's `encode_text_img_retrieval`): the first
+  one of each row only, found with a cumulative sum over the placeholder mask. Pic2Word's unbatched
+  code takes row 0's position for the whole batch; zscir takes each row's own first position, which
+  equals Pic2Word's whenever the rows share the template (its evaluation) and, unlike it, does not
+  make a query depend on the other queries in its batch.
+So a caption that itself holds the placeholder character ("costs $5 more") keeps its own token under
+"first" and receives the image token under "all", as in the respective official code.
+
+LinCIR's `--l2_normalize` (off by default, as there) L2-normalizes the image features before phi.
 """
 
 from __future__ import annotations
@@ -12,7 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zscir_infer.contract import NORM_EPS, SLERP_PARALLEL_COS, TemplateError
+from zscir_infer.contract import (
+    NORM_EPS,
+    PLACEHOLDER_ALL,
+    PLACEHOLDER_FIRST,
+    PLACEHOLDER_POLICIES,
+    SLERP_PARALLEL_COS,
+    TemplateError,
+)
 
 
 def placeholder_token_id(tokenizer, placeholder: str) -> int:
@@ -23,13 +40,29 @@ def placeholder_token_id(tokenizer, placeholder: str) -> int:
     return ids[1]
 
 
+def check_placeholder_policy(policy: str) -> str:
+    if policy not in PLACEHOLDER_POLICIES:
+        raise ValueError(f"Unknown placeholder policy '{policy}': use one of {PLACEHOLDER_POLICIES}.")
+    return policy
+
+
+def placeholder_mask(ids: torch.Tensor, placeholder_id: int, policy: str = PLACEHOLDER_ALL) -> torch.Tensor:
+    """[B, L] bool: the positions that receive the pseudo-token under `policy`."""
+    at = ids == placeholder_id  # [B, L]
+    if check_placeholder_policy(policy) == PLACEHOLDER_FIRST:
+        # float cumsum: ONNX CumSum (TensorRT parses it for float types); counts <= 77 are exact in fp16 too
+        at = at & (at.to(torch.float32).cumsum(dim=-1) == 1.0)
+    return at
+
+
 def encode_text_with_pseudo(
-    model: nn.Module, ids: torch.Tensor, pseudo: torch.Tensor | None = None, placeholder_id: int | None = None
+    model: nn.Module, ids: torch.Tensor, pseudo: torch.Tensor | None = None, placeholder_id: int | None = None,
+    policy: str = PLACEHOLDER_ALL,
 ) -> torch.Tensor:
-    """CLIP's text path with `pseudo` [B, W] at every placeholder position; returns unnormalized [B, D]."""
+    """CLIP's text path with `pseudo` [B, W] at the placeholder position(s) `policy` names; unnormalized [B, D]."""
     x = model.token_embedding(ids)  # [B, L, W]
     if pseudo is not None:
-        at_placeholder = (ids == placeholder_id).unsqueeze(-1)  # [B, L, 1]
+        at_placeholder = placeholder_mask(ids, placeholder_id, policy).unsqueeze(-1)  # [B, L, 1]
         x = torch.where(at_placeholder, pseudo.unsqueeze(1).to(x.dtype), x)
     x = x + model.positional_embedding.to(x.dtype)
     x = model.transformer(x, attn_mask=model.attn_mask)
@@ -41,17 +74,26 @@ def encode_text_with_pseudo(
 
 
 class ComposedQueryEncoder(nn.Module):
-    """(image features [B, D] unnormalized, token ids [B, L]) -> normalized query features [B, D]."""
+    """(image features [B, D] unnormalized, token ids [B, L]) -> normalized query features [B, D].
 
-    def __init__(self, clip_model: nn.Module, phi: nn.Module, placeholder_id: int):
+    placeholder_policy: "all" or "first" (module docstring); l2_normalize: normalize the image features
+    before phi (LinCIR's --l2_normalize). Both are fixed at construction and exported inside the graph.
+    """
+
+    def __init__(self, clip_model: nn.Module, phi: nn.Module, placeholder_id: int,
+                 placeholder_policy: str = PLACEHOLDER_ALL, l2_normalize: bool = False):
         super().__init__()
         self.clip = clip_model
         self.phi = phi
         self.placeholder_id = int(placeholder_id)
+        self.placeholder_policy = check_placeholder_policy(placeholder_policy)
+        self.l2_normalize = bool(l2_normalize)
 
     def forward(self, image_features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        if self.l2_normalize:
+            image_features = F.normalize(image_features, dim=-1, eps=NORM_EPS)
         pseudo = self.phi(image_features)  # [B, W]
-        query = encode_text_with_pseudo(self.clip, ids, pseudo, self.placeholder_id)
+        query = encode_text_with_pseudo(self.clip, ids, pseudo, self.placeholder_id, self.placeholder_policy)
         return F.normalize(query, dim=-1, eps=NORM_EPS)
 
 

@@ -5,7 +5,7 @@
 run either one and compare them on the same inputs.
 
 Images are loaded as the runtime loads them (`zscir_infer.preprocess.load_image`: EXIF orientation
-applied, every mode converted to RGB before the transform) and then go through open_clip's own transform.
+applied, every mode converted to RGB before the transform) and then go through the backbone's transform (open_clip's, with SEARLE's target pad in front when chosen).
 Loading is zscir's documented decision, not open_clip's: an RGBA picture converted after the resize (as a
 bare `Image.open` + open_clip would do) is resized with premultiplied alpha and differs at alpha edges.
 """
@@ -51,7 +51,8 @@ class TorchReference:
             if meta is None:
                 raise ValueError("A phi needs its PhiMeta (placeholder and template).")
             pid = placeholder_token_id(backbone.tokenizer, meta.placeholder)
-            self.query_encoder = ComposedQueryEncoder(backbone.model, phi.to(self.device).eval(), pid).eval()
+            self.query_encoder = ComposedQueryEncoder(backbone.model, phi.to(self.device).eval(), pid,
+                                                      meta.policy, meta.l2_normalize).eval()
 
     @property
     def embed_dim(self) -> int:

@@ -8,6 +8,7 @@ checked against the schema before the rename.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -25,10 +26,16 @@ from zscir_export.fp16 import ORT_DISABLED_OPTIMIZERS, convert_to_fp16
 from zscir_export.golden import sample_images, write_golden
 from zscir_export.graphs import EXPORT_BATCH, GraphSpec, graph_files, graph_specs
 from zscir_export.int8 import quantize_to_int8
-from zscir_export.model_source import ExportSource
+from zscir_export.model_source import ExportSource, ExportSourceError
 from zscir_export.tensorrt_build import EngineOptions, build_engines, require_tensorrt
 from zscir_export.tokenizer_json import TOKENIZER_FILE, build_clip_tokenizer_json
-from zscir_export.validate import OutputCheck, check_graph, raise_on_failures, validation_feeds
+from zscir_export.validate import (
+    OutputCheck,
+    check_activation,
+    check_graph,
+    raise_on_failures,
+    validation_feeds,
+)
 from zscir_infer.atomic import atomic_directory, atomic_write_json
 from zscir_infer.contract import (
     BUNDLE_FORMAT,
@@ -36,6 +43,7 @@ from zscir_infer.contract import (
     DEFAULT_SLERP_ALPHA,
     MANIFEST,
     METHODS,
+    PLACEHOLDER_ALL,
     TRAINING_FREE_METHODS,
     PreprocessConfig,
     manifest_schema_path,
@@ -56,6 +64,7 @@ class ExportOptions:
     int8: bool = False
     force: bool = False
     alpha: float = DEFAULT_SLERP_ALPHA
+    l2_normalize: bool = False  # LinCIR's --l2_normalize: normalize image features before phi (in the graph)
     engine: EngineOptions | None = None
     show_progress: bool = False
 
@@ -120,7 +129,8 @@ def _pretrained_label(pretrained: str | None) -> str | None:
 
 
 def _backbone_entry(backbone) -> dict:
-    entry = {"name": backbone.name, "pretrained": _pretrained_label(backbone.pretrained), "arch": backbone.arch}
+    entry = {"name": backbone.name, "pretrained": _pretrained_label(backbone.pretrained), "arch": backbone.arch,
+             "activation": backbone.activation}
     if backbone.pretrained and Path(backbone.pretrained).is_file():
         entry["pretrained_sha256"] = sha256_file(Path(backbone.pretrained))
     return entry
@@ -135,10 +145,12 @@ def build_manifest(source: ExportSource, alpha: float, tokenizer: dict, graphs: 
     backbone, meta = source.backbone, source.meta
     placeholder = None
     if meta is not None:
-        placeholder = {"text": meta.placeholder, "id": placeholder_token_id(backbone.tokenizer, meta.placeholder)}
+        placeholder = {"text": meta.placeholder, "id": placeholder_token_id(backbone.tokenizer, meta.placeholder),
+                       "policy": meta.policy}
     phi = None
     if meta is not None:
-        phi = {"kind": meta.phi_kind, "hidden_dim": meta.hidden_dim, "training": meta.training}
+        phi = {"kind": meta.phi_kind, "hidden_dim": meta.hidden_dim, "training": meta.training,
+               "l2_normalize": meta.l2_normalize}
     return {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_FORMAT_VERSION,
@@ -183,20 +195,30 @@ def _progress(show: bool) -> Progress:
                     TimeElapsedColumn(), console=Console(stderr=True), disable=not show, transient=False)
 
 
+def with_l2_normalize(source: ExportSource) -> ExportSource:
+    """The source with LinCIR's --l2_normalize on (image features normalized before phi, inside the graph)."""
+    if source.meta is None:
+        raise ExportSourceError(f"--l2-normalize normalizes phi's input, but a {source.method} bundle has no phi: drop it.")
+    return dataclasses.replace(source, meta=dataclasses.replace(source.meta, l2_normalize=True))
+
+
 def export_bundle(source: ExportSource, options: ExportOptions) -> ExportResult:
     """Export, validate and write the bundle at options.out; raises ValidationError listing every failure."""
     out = Path(options.out)
     if out.exists() and not options.force:
         raise FileExistsError(f"{out} already exists: pass --force to replace it, or choose another --out.")
+    if options.l2_normalize:
+        source = with_l2_normalize(source)
     if options.engine is not None:
         require_tensorrt()
     start = perf_counter()
     backbone, meta = source.backbone, source.meta
     placeholder_id = placeholder_token_id(backbone.tokenizer, meta.placeholder) if meta else None
-    specs = graph_specs(backbone, source.phi, placeholder_id)
+    specs = graph_specs(backbone, source.phi, placeholder_id, meta.policy if meta else PLACEHOLDER_ALL,
+                        bool(meta and meta.l2_normalize))
     feeds = validation_feeds(specs, backbone, sample_images(), meta and meta.template, meta and meta.placeholder)
     steps = len(specs) * (1 + len(options.precisions)) + 3 + (options.engine is not None)
-    graphs, results, references = {}, [], {}
+    graphs, results, references, activation_checks = {}, [], {}, []
     with _progress(options.show_progress) as progress, atomic_directory(out, options.force) as tmp:
         task = progress.add_task(f"Exporting {backbone.name} ({source.method})", total=steps)
         tokenizer = build_clip_tokenizer_json(tmp / TOKENIZER_FILE, backbone.context_length)
@@ -211,13 +233,15 @@ def export_bundle(source: ExportSource, options: ExportOptions) -> ExportResult:
                 seconds = _write_graph(spec, precision, tmp, feeds[spec.name])
                 checks = check_graph(spec, tmp / spec.file_name(precision), precision, feeds[spec.name],
                                      references[spec.name])
+                if precision == "fp32":
+                    activation_checks += check_activation(spec, tmp / spec.file_name(precision), backbone.activation)
                 entry = _graph_entry(spec, precision, tmp, checks, seconds)
                 graphs.setdefault(spec.name, {})[precision] = entry
                 files = [entry["file"]] + [e["file"] for e in entry.get("external_data", [])]
                 size = entry["bytes"] + sum(e["bytes"] for e in entry.get("external_data", []))
                 results.append(GraphResult(spec.name, precision, files, size, seconds, checks))
                 progress.advance(task)
-        raise_on_failures([c for r in results for c in r.checks])
+        raise_on_failures([c for r in results for c in r.checks] + activation_checks)
         progress.update(task, description="golden files")
         reference = TorchReference(backbone, source.phi, meta, alpha=options.alpha)
         golden = write_golden(tmp, reference, METHODS if source.phi is not None else TRAINING_FREE_METHODS, feeds,

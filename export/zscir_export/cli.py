@@ -24,7 +24,7 @@ from zscir_export.tensorrt_build import EngineOptions
 from zscir_export.triton import DEFAULT_MAX_BATCH, TritonOptions, write_triton_repository
 from zscir_infer.atomic import atomic_write_json
 from zscir_infer.cli_style import DEFAULT_BUNDLE, Profile, command, err_console
-from zscir_infer.contract import DEFAULT_SLERP_ALPHA, EXPORT_SOURCES
+from zscir_infer.contract import DEFAULT_SLERP_ALPHA, EXPORT_SOURCES, PREPROCESS_CHOICES, SEARLE_TARGET_RATIO
 from zscir_infer.engines import DEFAULT_PROFILES, EngineError, parse_profile
 from zscir_infer.errors import OutputExistsError
 
@@ -40,6 +40,9 @@ Model = Annotated[str | None, typer.Option(
 Pretrained = Annotated[str | None, typer.Option("--pretrained", help="open_clip pretrained tag or weights file.")]
 Method = Annotated[str | None, typer.Option(
     "--method", help=f"One of {', '.join(EXPORT_SOURCES)}; 'searle' for an official SEARLE file; 'slerp' needs no --ckpt.")]
+Preprocess = Annotated[str | None, typer.Option(
+    "--preprocess", help=f"Image preprocessing the bundle records: {' or '.join(PREPROCESS_CHOICES)} (SEARLE's pad to "
+    f"ratio {SEARLE_TARGET_RATIO}, then clip's). Default: targetpad for --method searle, as its authors evaluate; clip otherwise.")]
 Out = Annotated[Path | None, typer.Option(
     "--out", help=f"Bundle directory (default ${BUNDLE_ENV} or {DEFAULT_BUNDLE}).")]
 
@@ -71,12 +74,16 @@ def export(
     model: Model = None,
     pretrained: Pretrained = None,
     method: Method = None,
+    preprocess: Preprocess = None,
     fp16: Annotated[bool, typer.Option("--fp16", help="Also write fp16 graphs (fp32 I/O, fp32 norms).")] = False,
     int8: Annotated[bool, typer.Option("--int8", help="Also write int8 graphs (dynamic quantization, CPU).")] = False,
     out: Out = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out (and --triton).")] = False,
     alpha: Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Default slerp text weight.")]
     = DEFAULT_SLERP_ALPHA,
+    l2_normalize: Annotated[bool, typer.Option(
+        "--l2-normalize", help="L2-normalize the image features before phi, in the query graph (LinCIR's "
+        "--l2_normalize, for a phi trained with it; off by default, as in LinCIR).")] = False,
     engine: Annotated[str | None, typer.Option("--engine", help="'trt': build TensorRT engines (needs a GPU).")]
     = None,
     trt_precision: Annotated[list[str], typer.Option("--trt-precision", help="Engine precision(s): fp16, fp32.")]
@@ -106,12 +113,12 @@ def export(
                                        tensorrt=triton_tensorrt)
     if out.exists() and not force:
         raise OutputExistsError(f"{out} already exists: pass --force to replace it, or choose another --out.")
-    source = resolve_source(ckpt, model, pretrained, method)
+    source = resolve_source(ckpt, model, pretrained, method, preprocess)
     if source.backbone.pretrained is None:
         err_console.print(f"[yellow]warning:[/yellow] {escape(source.backbone.name)} has no pretrained weights: the "
                           "bundle gets a fresh random draw of them (fine for tests and timing, not for retrieval).")
-    options = ExportOptions(out, fp16=fp16, int8=int8, force=force, alpha=alpha, engine=engine_options,
-                            show_progress=not quiet)
+    options = ExportOptions(out, fp16=fp16, int8=int8, force=force, alpha=alpha, l2_normalize=l2_normalize,
+                            engine=engine_options, show_progress=not quiet)
     result = export_bundle(source, options)
     if triton_options is not None:
         write_triton_repository(out, triton, triton_options, force=force)

@@ -4,7 +4,8 @@ The three graphs of a bundle (DESIGN §3):
 - image_encoder: pixels float32 [batch, 3, S, S] -> image_features float32 [batch, D] (unnormalized);
 - query_encoder: image_features float32 [batch, D], token_ids int32 [batch, 77] -> query_features
   float32 [batch, D] (normalized), phi and the placeholder substitution inside (the reference
-  `ComposedQueryEncoder`);
+  `ComposedQueryEncoder`, with its placeholder policy "all" or "first" and LinCIR's optional
+  L2 normalization of the image features before phi);
 - text_encoder: token_ids int32 [batch, 77] -> text_features float32 [batch, D] (unnormalized).
 
 Token ids are int32 throughout the graph (TensorRT's native integer type): the embedding Gather takes
@@ -30,6 +31,7 @@ from zscir_infer.contract import (
     IMAGE_ENCODER,
     IMAGE_FEATURES,
     PIXELS,
+    PLACEHOLDER_ALL,
     QUERY_ENCODER,
     QUERY_FEATURES,
     TEXT_ENCODER,
@@ -152,7 +154,8 @@ class GraphSpec:
         return changed
 
 
-def graph_specs(backbone, phi: nn.Module | None = None, placeholder_id: int | None = None) -> list[GraphSpec]:
+def graph_specs(backbone, phi: nn.Module | None = None, placeholder_id: int | None = None,
+                placeholder_policy: str = PLACEHOLDER_ALL, l2_normalize: bool = False) -> list[GraphSpec]:
     """The bundle's graphs for a backbone, and the query encoder when there is a phi."""
     model, d, size, length = backbone.model.eval(), backbone.embed_dim, backbone.preprocess.image_size, \
         backbone.context_length
@@ -163,7 +166,7 @@ def graph_specs(backbone, phi: nn.Module | None = None, placeholder_id: int | No
     if phi is not None:
         if placeholder_id is None:
             raise ValueError("The query encoder needs the placeholder's token id.")
-        query = ComposedQueryEncoder(model, phi.eval(), placeholder_id).eval()
+        query = ComposedQueryEncoder(model, phi.eval(), placeholder_id, placeholder_policy, l2_normalize).eval()
         specs.append(GraphSpec(QUERY_ENCODER, query, (image_features, token_ids),
                                (TensorSpec(QUERY_FEATURES, "float32", (BATCH, d)),), True))
     specs.append(GraphSpec(TEXT_ENCODER, TextEncoderGraph(model), (token_ids,),

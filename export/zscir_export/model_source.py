@@ -7,6 +7,8 @@
 - a TAT checkpoint (safetensors, zscir metadata format "zscir-tat": the whole CLIP with the tuned image
   encoder merged), exported as a slerp bundle with the tuned weights.
 `--method slerp` without --ckpt exports a backbone's encoders alone (--model, --pretrained).
+`--preprocess` picks the image preprocessing the bundle records: "clip" (open_clip's eval transform) or
+"targetpad" (SEARLE's); SEARLE exports with targetpad by default, as its authors evaluate.
 """
 
 from __future__ import annotations
@@ -18,10 +20,19 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from zscir_infer.contract import EXPORT_SOURCES, SLERP, sha256_file
+from zscir_infer.contract import (
+    CLIP_PREPROCESS,
+    EXPORT_SOURCES,
+    PREPROCESS_CHOICES,
+    SEARLE,
+    SLERP,
+    TARGETPAD,
+    sha256_file,
+)
 from zscir_infer.errors import ZscirError
 from zscir_train.backbone import Backbone, load_backbone
 from zscir_train.checkpoint import METADATA_KEY, PhiMeta, check_dims, load_phi_checkpoint
+from zscir_train.targetpad import with_preprocess
 
 TAT_FORMAT = "zscir-tat"
 SAFETENSORS_MAGIC_LEN = 9  # 8-byte header length, then the JSON header's "{"
@@ -70,7 +81,7 @@ def _tat_source(ckpt: Path, meta: dict, model: str | None, pretrained: str | Non
     name = model or meta.get("base")
     if not name:
         raise ExportSourceError(f"{ckpt} does not name its base model: pass --model (e.g. ViT-L-14).")
-    backbone = load_backbone(name, str(ckpt))
+    backbone = load_backbone(name, str(ckpt), activation=meta.get("activation"))
     info = {"kind": "tat", "checkpoint": ckpt.name, "checkpoint_sha256": sha256_file(ckpt),
             "base_pretrained": meta.get("base_pretrained"), "lora": meta.get("lora", {})}
     return ExportSource(backbone, SLERP, info=info)
@@ -95,17 +106,28 @@ def _phi_source(ckpt: Path, model: str | None, pretrained: str | None, method: s
     model = model or meta.backbone_name
     if pretrained is None and model == meta.backbone_name:
         pretrained = meta.backbone_pretrained
-    backbone = load_backbone(model, pretrained)
+    # the activation phi was trained with (recorded by zscir checkpoints), else what the weights imply
+    activation = meta.backbone_activation if model == meta.backbone_name else None
+    backbone = load_backbone(model, pretrained, activation=activation)
     check_dims(meta, backbone, ckpt)
     info = {"kind": meta.source, "checkpoint": ckpt.name, "checkpoint_sha256": sha256_file(ckpt)}
     return ExportSource(backbone, meta.method, phi.eval(), meta, info)
 
 
+def _preprocessed(source: ExportSource, preprocess: str | None) -> ExportSource:
+    """The source with its eval preprocessing: `preprocess`, else targetpad for SEARLE, else clip."""
+    mode = preprocess or (TARGETPAD if source.method == SEARLE else CLIP_PREPROCESS)
+    source.backbone = with_preprocess(source.backbone, mode)
+    return source
+
+
 def resolve_source(ckpt: str | Path | None, model: str | None = None, pretrained: str | None = None,
-                   method: str | None = None) -> ExportSource:
-    """The backbone and phi to export, from --ckpt, --model, --pretrained and --method."""
+                   method: str | None = None, preprocess: str | None = None) -> ExportSource:
+    """The backbone and phi to export, from --ckpt, --model, --pretrained, --method and --preprocess."""
     if method is not None and method not in EXPORT_SOURCES:
         raise ExportSourceError(f"Unknown method '{method}': use one of {EXPORT_SOURCES}.")
+    if preprocess is not None and preprocess not in PREPROCESS_CHOICES:
+        raise ExportSourceError(f"Unknown preprocessing '{preprocess}': use one of {PREPROCESS_CHOICES}.")
     if ckpt is None:
         if method != SLERP:
             raise ExportSourceError(
@@ -115,11 +137,11 @@ def resolve_source(ckpt: str | Path | None, model: str | None = None, pretrained
         if model is None:
             raise ExportSourceError("--method slerp needs --model (e.g. ViT-L-14) and usually --pretrained.")
         backbone = load_backbone(model, pretrained)
-        return ExportSource(backbone, SLERP, info={"kind": "backbone"})
+        return _preprocessed(ExportSource(backbone, SLERP, info={"kind": "backbone"}), preprocess)
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise ExportSourceError(f"Checkpoint {ckpt} does not exist.")
     meta = _safetensors_metadata(ckpt)
     if meta and meta.get("format") == TAT_FORMAT:
-        return _tat_source(ckpt, meta, model, pretrained, method)
-    return _phi_source(ckpt, model, pretrained, method)
+        return _preprocessed(_tat_source(ckpt, meta, model, pretrained, method), preprocess)
+    return _preprocessed(_phi_source(ckpt, model, pretrained, method), preprocess)

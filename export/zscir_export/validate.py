@@ -11,6 +11,11 @@ lengths (empty, over-long and truncated), the placeholder once and several times
 entities, odd whitespace, and a literal end-of-text token (two EOT ids: pooling must take the first).
 A graph that lost its causal mask, its int32 end-of-text pooling or its placeholder substitution
 fails here.
+
+The activation check reads the exported encoders themselves: QuickGELU exports as Sigmoid(1.702 x) * x,
+exact GELU as Erf. An image or text encoder that computes another activation than the backbone records
+(the manifest's `backbone.activation`) is a failure too, so a bundle never claims QuickGELU for a
+GELU graph (or the reverse).
 """
 
 from __future__ import annotations
@@ -18,16 +23,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 
 from zscir_export.fp16 import ORT_DISABLED_OPTIMIZERS
 from zscir_export.graphs import GraphSpec
 from zscir_infer.contract import (
+    GELU,
     IMAGE_ENCODER,
     IMAGE_FEATURES,
     PIXELS,
     QUERY_ENCODER,
+    QUICK_GELU,
     TEXT_ENCODER,
     TOKEN_IDS,
     fill_template,
@@ -55,6 +63,7 @@ QUERY_CAPTIONS = (
     "as an origami sketch",
     "with two of them, much larger, on a striped background",
     "🎉 café &amp; <b>neon</b>  lights",
+    "costs $5 more, * marks it",  # the placeholder characters inside a caption: the policies differ here
     LONG_CAPTION,
     "",
 )
@@ -150,14 +159,48 @@ def check_graph(spec: GraphSpec, path, precision: str, feeds: dict[str, np.ndarr
             for name, (max_abs, min_cos) in worst.items()]
 
 
-def raise_on_failures(checks: list[OutputCheck]) -> None:
+ACTIVATION_OPS = {QUICK_GELU: "Sigmoid", GELU: "Erf"}  # how each exports at opset 17
+
+
+def onnx_activation(path) -> str | None:
+    """The MLP activation an encoder graph computes: quick_gelu (Sigmoid, no Erf), gelu (Erf, no Sigmoid)."""
+    ops = {node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node}
+    found = [name for name, op in ACTIVATION_OPS.items() if op in ops]
+    return found[0] if len(found) == 1 else None
+
+
+@dataclass(frozen=True)
+class ActivationCheck:
+    """An encoder graph's activation against the one the backbone (and the manifest) records."""
+
+    graph: str
+    expected: str
+    found: str | None
+
+    @property
+    def passed(self) -> bool:
+        return self.found == self.expected
+
+    def describe(self) -> str:
+        return (f"{self.graph}: the graph computes {self.found or 'neither QuickGELU nor GELU alone'} but the "
+                f"backbone is built with {self.expected}")
+
+
+def check_activation(spec: GraphSpec, path, expected: str | None) -> list[ActivationCheck]:
+    """The image and text encoders' activation (the query graph also holds phi's own GELU: not checked)."""
+    if expected is None or spec.name not in (IMAGE_ENCODER, TEXT_ENCODER):
+        return []
+    return [ActivationCheck(spec.name, expected, onnx_activation(path))]
+
+
+def raise_on_failures(checks: list[OutputCheck | ActivationCheck]) -> None:
     failures = [c for c in checks if not c.passed]
     if failures:
         raise ValidationError(failures)
 
 
 def validation_pixels(backbone, images) -> np.ndarray:
-    """The sample images through open_clip's transform, plus random pixels: [N, 3, S, S] float32."""
+    """The sample images through the backbone's transform (open_clip's, or with SEARLE's target pad), plus random pixels: [N, 3, S, S] float32."""
     real = torch.stack([backbone.transform(im) for im in images]).numpy()
     size = backbone.preprocess.image_size
     noise = np.random.default_rng(VALIDATION_SEED).standard_normal((RANDOM_PIXEL_ROWS, 3, size, size))

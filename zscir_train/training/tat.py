@@ -136,7 +136,8 @@ def save_tat_checkpoint(path: Path, backbone: Backbone, lora: dict, training: di
     """The whole CLIP with LoRA merged into the image encoder, as safetensors with zscir metadata."""
     state = {k: v.cpu().contiguous() for k, v in merged_state_dict(backbone.model).items()}
     meta = {"format": TAT_FORMAT, "format_version": TAT_FORMAT_VERSION, "base": backbone.name,
-            "base_pretrained": backbone.pretrained, "lora": lora, "training": training}
+            "base_pretrained": backbone.pretrained, "activation": backbone.activation, "lora": lora,
+            "training": training}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(meta, default=str)})
     return Path(path)
