@@ -176,3 +176,23 @@ def test_the_published_bundle_has_the_usual_modes_not_private_temp_ones(tiny_bun
     assert stat.S_IMODE(tiny_bundle.stat().st_mode) == 0o777 & ~umask
     for p in tiny_bundle.rglob("*"):
         assert stat.S_IMODE(p.stat().st_mode) == (0o777 if p.is_dir() else 0o666) & ~umask, p
+
+
+@pytest.mark.parametrize(("ops", "expected", "passed"), [
+    (["MatMul", "Relu"], "gelu", True),  # a ResNet tower (world-clip's): no GELU-family op, nothing to check
+    (["MatMul", "Erf"], "gelu", True),
+    (["MatMul", "Sigmoid"], "gelu", False),
+    (["Sigmoid", "Erf"], "quick_gelu", False),  # both: ambiguous, refused
+])
+def test_the_activation_check_reads_the_graphs_ops(tmp_path, ops, expected, passed):
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node(op, ["x" if i == 0 else f"y{i - 1}"] + (["x"] if op == "MatMul" else []), [f"y{i}"])
+             for i, op in enumerate(ops)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])],
+                              [helper.make_tensor_value_info(f"y{len(ops) - 1}", TensorProto.FLOAT, [2, 2])])
+    onnx.save(helper.make_model(graph), str(tmp_path / "g.onnx"))
+    [check] = validate.check_activation(graphs.GraphSpec("image_encoder", None, (), (), False), tmp_path / "g.onnx",
+                                        expected)
+    assert check.passed is passed
