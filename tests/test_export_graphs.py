@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from zscir_export.validate import ort_session
+from zscir_export.validate import ort_session, row_cosines
 
 from zscir_train.checkpoint import load_phi_checkpoint
 from zscir_train.composed import ComposedQueryEncoder, encode_text_with_pseudo
@@ -38,10 +38,11 @@ def test_graph_signatures_follow_the_bundle_contract(tiny_bundle):
     d, size = m["embed_dim"], m["preprocess"]["image_size"]
     expected = {
         "image_encoder": ([("pixels", "float32", ["batch", 3, size, size])], [("image_features", "float32", ["batch", d])]),
-        "query_encoder": ([("image_features", "float32", ["batch", d]), ("token_ids", "int32", ["batch", 77])],
+        "query_encoder": ([("image_features", "float32", ["batch", d]), ("token_ids", "int32", ["batch", "sequence"])],
                           [("query_features", "float32", ["batch", d])]),
-        "text_encoder": ([("token_ids", "int32", ["batch", 77])], [("text_features", "float32", ["batch", d])]),
+        "text_encoder": ([("token_ids", "int32", ["batch", "sequence"])], [("text_features", "float32", ["batch", d])]),
     }
+    assert m["text"] == {"causal": True, "pooling": "eot_argmax"}  # a CLIP text tower: ids may be cut after EOT
     onnx_type = {"float32": onnx.TensorProto.FLOAT, "int32": onnx.TensorProto.INT32}
     for graph, (inputs, outputs) in expected.items():
         for precision, entry in m["graphs"][graph].items():
@@ -137,3 +138,57 @@ def test_rows_do_not_depend_on_the_batch_size(tiny_bundle, graph):
     np.testing.assert_allclose(np.concatenate(rows), next(iter(outputs.values())), rtol=0, atol=FP32_ABS)
     np.testing.assert_allclose(run(tiny_bundle, graph, big), np.concatenate([np.concatenate(rows)] * 3),
                                rtol=0, atol=FP32_ABS)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_text_and_query_graphs_take_ids_of_every_length_up_to_the_context(tiny_bundle, precision):
+    """Sequence-adaptive graphs: ids cut anywhere after the batch's last EOT give the full-length features."""
+    m = manifest(tiny_bundle)
+    for graph in ("text_encoder", "query_encoder"):
+        inputs, _ = golden_graph(tiny_bundle, graph)
+        keep = inputs["token_ids"].argmax(1) < 20  # rows whose EOT is early enough to cut a lot
+        inputs = {k: v[keep] for k, v in inputs.items()}
+        full = run(tiny_bundle, graph, inputs, precision)
+        need = int(inputs["token_ids"].argmax(1).max()) + 1
+        for length in range(need, m["context_length"] + 1):
+            cut = {**inputs, "token_ids": np.ascontiguousarray(inputs["token_ids"][:, :length])}
+            got = run(tiny_bundle, graph, cut, precision)
+            if precision == "int8":  # dynamic quantization ranges span the positions fed: close, not equal
+                assert row_cosines(got, full).min() >= 0.99, (graph, length)
+            else:
+                np.testing.assert_allclose(got, full, rtol=0, atol=FP32_ABS if precision == "fp32" else 1e-2,
+                                           err_msg=f"{graph} {precision} L={length}")
+
+
+def test_the_pytorch_reference_slices_the_positions_and_the_mask_to_the_ids(tiny_backbone):
+    from zscir_train.composed import is_causal_text_tower
+
+    ids = tiny_backbone.tokenizer(["a", "a photo of a red circle", " ".join(["word"] * 30)])
+    eot = int(ids.argmax(1).max())
+    with torch.no_grad():
+        full = encode_text_with_pseudo(tiny_backbone.model, ids)
+        for length in (eot + 1, eot + 5, 77):
+            torch.testing.assert_close(encode_text_with_pseudo(tiny_backbone.model, ids[:, :length]), full,
+                                       rtol=0, atol=1e-6)
+    assert is_causal_text_tower(tiny_backbone.model)
+
+
+def test_a_text_tower_without_a_causal_mask_keeps_the_full_length(tiny_backbone):
+    """SigLIP-like towers (no attn_mask) see every position: fixed [batch, 77] ids and text.causal false."""
+    from zscir_export.bundle import text_tower_entry
+    from zscir_export.graphs import graph_specs
+
+    causal = {s.name: s for s in graph_specs(tiny_backbone)}
+    assert causal["text_encoder"].inputs[0].shape == ("batch", "sequence")
+    assert text_tower_entry(tiny_backbone)["causal"] is True
+    model, mask = tiny_backbone.model, tiny_backbone.model.attn_mask
+    try:
+        model.attn_mask = None
+        specs = {s.name: s for s in graph_specs(tiny_backbone)}
+        assert specs["text_encoder"].inputs[0].shape == ("batch", 77) and not specs["text_encoder"].sequence_adaptive
+        assert specs["text_encoder"].dynamic_axes() == {"token_ids": {0: "batch"}, "text_features": {0: "batch"}}
+        assert text_tower_entry(tiny_backbone)["causal"] is False
+        model.attn_mask = torch.zeros(77, 77)  # a mask, but not a causal one
+        assert text_tower_entry(tiny_backbone)["causal"] is False
+    finally:
+        model.attn_mask = mask

@@ -46,7 +46,9 @@ def test_every_encoder_gets_a_config_triton_accepts_matching_its_graph(tiny_bund
             for t in declared:
                 dtype, dims = actual[t.name]
                 assert model_config_pb2.DataType.Name(t.data_type) == dtype
-                assert dims[0] == "batch" and list(t.dims) == dims[1:]  # Triton batches along the graph's batch axis
+                want = [-1 if d == "sequence" else d for d in dims[1:]]  # any token length: -1
+                assert dims[0] == "batch" and list(t.dims) == want  # Triton batches along the graph's batch axis
+                assert (t.name == "token_ids") == (-1 in want)
         assert list(config.dynamic_batching.preferred_batch_size) == [8, 32]
         assert config.dynamic_batching.max_queue_delay_microseconds == 100
         (group,) = config.instance_group

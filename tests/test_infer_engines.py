@@ -51,6 +51,27 @@ def test_profile_shapes_put_the_batch_on_the_batch_axis_only():
         profile_shapes([{"name": "x", "dtype": "float32", "shape": ["batch", "seq"]}], DEFAULT_PROFILES[0])
 
 
+def test_profile_shapes_span_the_sequence_axis_up_to_the_context_length():
+    """Sequence-adaptive text graphs (token_ids [batch, sequence]): every profile takes 1..77 tokens, tuned at 32."""
+    inputs = [INPUTS[0], {"name": "token_ids", "dtype": "int32", "shape": ["batch", "sequence"]}]
+    shapes = profile_shapes(inputs, Profile("throughput", 1, 32, 128), context_length=77)
+    assert shapes == {"image_features": ((1, 48), (32, 48), (128, 48)), "token_ids": ((1, 1), (32, 32), (128, 77))}
+    latency = profile_shapes(inputs, DEFAULT_PROFILES[0], context_length=77)["token_ids"]
+    assert latency == ((1, 1), (1, 32), (8, 77))
+    assert profile_shapes(inputs, DEFAULT_PROFILES[0], context_length=16)["token_ids"] == ((1, 1), (1, 16), (8, 16))
+    assert profile_shapes(INPUTS, DEFAULT_PROFILES[0], context_length=77) == profile_shapes(INPUTS, DEFAULT_PROFILES[0])
+    with pytest.raises(EngineError, match="context length"):
+        profile_shapes(inputs, DEFAULT_PROFILES[0])
+
+
+def test_the_bundles_text_graphs_get_sequence_profiles(tiny_bundle):
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    for graph in ("text_encoder", "query_encoder"):
+        for entry in manifest["graphs"][graph].values():
+            shapes = profile_shapes(entry["inputs"], DEFAULT_PROFILES[1], manifest["context_length"])
+            assert shapes["token_ids"] == ((1, 1), (32, 32), (128, manifest["context_length"]))
+
+
 def test_profiles_are_parsed_and_checked():
     assert parse_profile("latency:1,1,8") == Profile("latency", 1, 1, 8)
     assert parse_profile(" big : 4, 64 ,256 ") == Profile("big", 4, 64, 256)
@@ -172,8 +193,12 @@ def test_an_engine_built_here_reproduces_the_golden_outputs(tiny_bundle, tmp_pat
     feeds = {n: np.load(bundle / "golden" / f) for n, f in golden["inputs"].items()}
     want = np.load(bundle / "golden" / golden["outputs"]["query_features"])
     for entry in (e for e in entries if e["graph"] == "query_encoder"):
+        ids = feeds["token_ids"]
+        cut = {**feeds, "token_ids": np.ascontiguousarray(ids[:, :min(-(-(int(ids.argmax(1).max()) + 1) // 8) * 8, 77)])}
         with TrtEngine(bundle / entry["file"]) as engine:
             got = engine.infer(feeds)["query_features"]
+            trimmed = engine.infer(cut)["query_features"]  # the sequence axis: ids cut after the last EOT
+        np.testing.assert_allclose(trimmed, got, rtol=0, atol=1e-5 if entry["precision"] == "fp32" else 2e-3)
         cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
         assert cos.min() >= (0.99999 if entry["precision"] == "fp32" else 0.999), entry["precision"]
     assert next(tmp_path.glob("timing-*.cache")).stat().st_size > 0

@@ -37,6 +37,7 @@ from zscir_infer.contract import (
     BUNDLE_FORMAT_VERSION as FORMAT_VERSION,
 )
 from zscir_infer.contract import (
+    CAUSAL_KEY,
     IMAGE_ENCODER,
     MANIFEST,
     MANIFEST_SCHEMA,
@@ -44,6 +45,7 @@ from zscir_infer.contract import (
     PRECISIONS,
     QUERY_ENCODER,
     SLERP,
+    TEXT_TOWER_KEY,
     PreprocessConfig,
     manifest_schema_path,
     sha256_file,
@@ -235,6 +237,12 @@ class Bundle:
     @property
     def context_length(self) -> int:
         return int(self.manifest["tokenizer"].get("context_length", self.manifest["context_length"]))
+
+    @property
+    def text_causal(self) -> bool:
+        """Whether the text tower is causal with EOT pooling (manifest `text.causal`; absent: False), so the
+        text and query graphs whose token_ids have the sequence axis may be fed ids cut after the last EOT."""
+        return bool((self.manifest.get(TEXT_TOWER_KEY) or {}).get(CAUSAL_KEY, False))
 
     @property
     def placeholder(self) -> str | None:

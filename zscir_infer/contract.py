@@ -244,3 +244,19 @@ METHOD_PLACEHOLDER_POLICY = {LINCIR: PLACEHOLDER_ALL, SEARLE: PLACEHOLDER_FIRST,
 # The CLIP towers' MLP activation: OpenAI's weights were trained with QuickGELU (x * sigmoid(1.702 x)).
 QUICK_GELU, GELU = "quick_gelu", "gelu"
 ACTIVATIONS = (QUICK_GELU, GELU)
+
+# --- sequence-adaptive text graphs (the speed issue) -----------------------------------------------------
+# CLIP's text transformer is causal and pools at the end-of-text token (the argmax of the ids), so the
+# pooled feature depends only on the tokens up to EOT: a graph whose token_ids take a dynamic second axis
+# (SEQUENCE, beside the batch axis) may be fed the ids cut to the batch's longest EOT position + 1. The
+# manifest's `text.causal` says whether the bundle's text tower allows it (absent: false, full length).
+BATCH_AXIS, SEQUENCE_AXIS = "batch", "sequence"  # symbolic dims of the manifest's tensor shapes
+TEXT_TOWER_KEY, CAUSAL_KEY = "text", "causal"  # manifest["text"]["causal"]: bool
+SEQUENCE_MULTIPLE = 8  # trimmed lengths are rounded up to a multiple of this (fewer distinct shapes)
+
+
+def trimmed_sequence_length(longest_eot: int, context_length: int) -> int:
+    """The id length a causal, EOT-pooled graph is fed: EOT position + 1, rounded up to SEQUENCE_MULTIPLE,
+    capped at the context length (at least 1)."""
+    needed = max(int(longest_eot) + 1, 1)
+    return min(-(-needed // SEQUENCE_MULTIPLE) * SEQUENCE_MULTIPLE, int(context_length))

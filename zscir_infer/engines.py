@@ -25,10 +25,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from zscir_infer.atomic import atomic_path, atomic_write_bytes
-from zscir_infer.contract import sha256_file
+from zscir_infer.contract import BATCH_AXIS, SEQUENCE_AXIS, SEQUENCE_MULTIPLE, sha256_file
 from zscir_infer.errors import ZscirError
 
-BATCH = "batch"  # the dynamic axis name in the manifest's shapes
+BATCH = BATCH_AXIS  # the dynamic batch axis name in the manifest's shapes
+SEQUENCE = SEQUENCE_AXIS  # the dynamic token axis of sequence-adaptive text graphs (ids cut after the last EOT)
+SEQUENCE_MIN = 1  # any length works; the runtime feeds multiples of SEQUENCE_MULTIPLE, or the context length
+SEQUENCE_OPT = 4 * SEQUENCE_MULTIPLE  # 32: a typical composed-query prompt (8-20 tokens) rounds up below it
 ENGINE_PRECISIONS = ("fp32", "fp16")  # int8 engines need Q/DQ graphs (explicit quantization): not exported
 SUPPORTED_MAJORS = (10, 11)
 WORKSPACE_BYTES = 4 << 30
@@ -83,17 +86,28 @@ def check_profiles(profiles: tuple[Profile, ...] | list[Profile]) -> tuple[Profi
     return profiles
 
 
-def profile_shapes(inputs: list[dict], profile: Profile) -> dict[str, tuple[tuple[int, ...], ...]]:
-    """Input name -> (min, opt, max) shapes: the manifest's shape with the batch axis set per profile."""
+def profile_shapes(inputs: list[dict], profile: Profile,
+                   context_length: int | None = None) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """Input name -> (min, opt, max) shapes: the manifest's shape with the batch axis set per profile.
+
+    A sequence axis (token_ids of a sequence-adaptive text graph) spans SEQUENCE_MIN..context_length,
+    tuned for min(SEQUENCE_OPT, context_length), in every profile.
+    """
     shapes = {}
     for spec in inputs:
         dims = spec["shape"]
         if BATCH not in dims:
             raise EngineError(f"Input '{spec['name']}' has no '{BATCH}' axis ({dims}): the graph is not batched.")
-        if any(not isinstance(d, int) for d in dims if d != BATCH):
-            raise EngineError(f"Input '{spec['name']}' has a dynamic axis other than '{BATCH}' ({dims}).")
-        shapes[spec["name"]] = tuple(tuple(n if d == BATCH else d for d in dims)
-                                     for n in (profile.min, profile.opt, profile.max))
+        if any(not isinstance(d, int) for d in dims if d not in (BATCH, SEQUENCE)):
+            raise EngineError(f"Input '{spec['name']}' has a dynamic axis other than '{BATCH}' and '{SEQUENCE}' "
+                              f"({dims}).")
+        if SEQUENCE in dims and (context_length is None or context_length < SEQUENCE_MIN):
+            raise EngineError(f"Input '{spec['name']}' has a '{SEQUENCE}' axis ({dims}): its profile needs the "
+                              f"bundle's context length (got {context_length!r}).")
+        sequence = ((SEQUENCE_MIN, min(SEQUENCE_OPT, context_length), context_length) if SEQUENCE in dims
+                    else (None, None, None))
+        shapes[spec["name"]] = tuple(tuple(n if d == BATCH else s if d == SEQUENCE else d for d in dims)
+                                     for n, s in zip((profile.min, profile.opt, profile.max), sequence, strict=True))
     return shapes
 
 
@@ -229,7 +243,8 @@ def _pin_fp32_layers(trt, network, layer_types: tuple[str, ...]) -> None:
 
 
 def build_engine(onnx_path: Path, inputs: list[dict], plan: BuildPlan, profiles: tuple[Profile, ...],
-                 timing_cache: Path, workspace_bytes: int = WORKSPACE_BYTES) -> bytes:
+                 timing_cache: Path, workspace_bytes: int = WORKSPACE_BYTES,
+                 context_length: int | None = None) -> bytes:
     """Serialized engine for one graph (real TensorRT 10/11 Python API; needs a GPU)."""
     import tensorrt as trt
 
@@ -248,7 +263,7 @@ def build_engine(onnx_path: Path, inputs: list[dict], plan: BuildPlan, profiles:
         config.clear_flag(trt.BuilderFlag.TF32)
     for profile in profiles:
         trt_profile = builder.create_optimization_profile()
-        for name, (lo, opt, hi) in profile_shapes(inputs, profile).items():
+        for name, (lo, opt, hi) in profile_shapes(inputs, profile, context_length).items():
             trt_profile.set_shape(name, lo, opt, hi)
         config.add_optimization_profile(trt_profile)
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
@@ -288,7 +303,8 @@ def build_bundle_engines(bundle_dir: Path, manifest: dict, precisions: tuple[str
             cached = cache_dir() / "engines" / f"{key}.plan"
             data = cached.read_bytes() if reuse and cached.is_file() else None
             if data is None:
-                data = build_engine(bundle_dir / source["file"], source["inputs"], plan, profiles, timing_cache)
+                data = build_engine(bundle_dir / source["file"], source["inputs"], plan, profiles, timing_cache,
+                                    context_length=manifest.get("context_length"))
                 atomic_write_bytes(cached, data)
             atomic_write_bytes(bundle_dir / file, data)
             entries.append(engine_entry(graph, precision, file, sha256_file(bundle_dir / file), key, version,

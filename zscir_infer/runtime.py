@@ -16,6 +16,12 @@ Texts longer than the context (77 tokens) are cut keeping the end-of-text token,
 with a `TruncationWarning` naming the text; a phi prompt whose placeholder was cut off (the image token
 lost) warns with `PlaceholderLostWarning`: its query is then the text alone.
 
+Sequence-adaptive text graphs: when the manifest says the text tower is causal (`text.causal`) and a
+text or query graph's token_ids have the dynamic "sequence" axis, each batch's ids are cut to its longest
+end-of-text position + 1, rounded up to a multiple of 8 and capped at the context length
+(`zscir_infer.contract.trimmed_sequence_length`): the same features for a fraction of the work. Older
+bundles (fixed [batch, 77] ids) run at full length. `Runtime(..., trim_sequence=False)` turns it off.
+
 Thread-safe: graph sessions are created once under a lock, ONNX Runtime sessions run concurrently,
 TensorRT engines serialize their own calls; the tokenizer and preprocessing are pure.
 """
@@ -43,12 +49,14 @@ from zscir_infer.contract import (
     PHI,
     PIXELS,
     QUERY_ENCODER,
+    SEQUENCE_AXIS,
     SLERP_PARALLEL_COS,
     TEXT,
     TEXT_ENCODER,
     TOKEN_IDS,
     TemplateError,
     fill_template,
+    trimmed_sequence_length,
 )
 from zscir_infer.errors import InputError
 from zscir_infer.preprocess import load_image, preprocess
@@ -114,7 +122,7 @@ class Runtime:
 
     def __init__(self, bundle: Bundle | str | os.PathLike, backend: str = "ort", device: str = "cpu",
                  precision: str = "fp32", batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = None,
-                 verify: bool = True):
+                 verify: bool = True, trim_sequence: bool = True):
         if backend not in BACKENDS:
             raise BackendError(f"Unknown backend {backend!r}: use one of {BACKENDS}.")
         if batch_size < 1:
@@ -131,6 +139,8 @@ class Runtime:
         self._check_placeholder()
         self._sessions: dict[str, object] = {}
         self._io: dict[str, tuple[dict[str, str], str]] = {}
+        self._trimmable: dict[str, bool] = {}
+        self.trim_sequence = trim_sequence  # cut the ids after the last EOT where the bundle allows it
         self._lock = threading.Lock()
 
     # --- what the bundle is ------------------------------------------------------------------------------
@@ -228,11 +238,34 @@ class Runtime:
                            spec.outputs[0]["name"])
         return self._io[graph]
 
+    def sequence_adaptive(self, graph: str) -> bool:
+        """Whether `graph` is fed ids cut after the last EOT: a causal text tower (manifest `text.causal`)
+        and token_ids with the dynamic sequence axis in the graph's manifest shape."""
+        if graph not in self._trimmable:
+            self._io_names(graph)
+            precision = self.precision if (graph, self.precision) in self.bundle.graphs else "fp32"
+            spec = self.bundle.graph(graph, precision)
+            ids = dict(zip(GRAPH_INPUTS[graph], spec.inputs, strict=True)).get(TOKEN_IDS)
+            self._trimmable[graph] = bool(self.bundle.text_causal and ids is not None
+                                          and SEQUENCE_AXIS in ids["shape"])
+        return self._trimmable[graph]
+
+    def trim_token_ids(self, graph: str, ids: np.ndarray) -> np.ndarray:
+        """The ids `graph` is fed: cut to `trimmed_sequence_length` of the batch's longest EOT position
+        where the graph is sequence-adaptive (and trim_sequence is on); else as given."""
+        if not self.trim_sequence or ids.ndim != 2 or ids.size == 0 or not self.sequence_adaptive(graph):
+            return ids
+        length = trimmed_sequence_length(int(ids.argmax(axis=1).max()), min(ids.shape[1], self.bundle.context_length))
+        return ids if length == ids.shape[1] else np.ascontiguousarray(ids[:, :length])
+
     def run_graph(self, graph: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """One call of one graph, unbatched: its output [B, D] float32 (e.g. for per-stage timing).
 
-        feeds are keyed by the contract's input names (PIXELS, IMAGE_FEATURES, TOKEN_IDS)."""
+        feeds are keyed by the contract's input names (PIXELS, IMAGE_FEATURES, TOKEN_IDS); token ids of a
+        sequence-adaptive graph are cut after the batch's last EOT first (`trim_token_ids`)."""
         names, output = self._io_names(graph)
+        if TOKEN_IDS in feeds:
+            feeds = {**feeds, TOKEN_IDS: self.trim_token_ids(graph, feeds[TOKEN_IDS])}
         outputs = self._session(graph).infer({names[role]: value for role, value in feeds.items()})
         return np.asarray(outputs[output], dtype=np.float32)
 

@@ -55,17 +55,37 @@ def placeholder_mask(ids: torch.Tensor, placeholder_id: int, policy: str = PLACE
     return at
 
 
+def is_causal_text_tower(model: nn.Module) -> bool:
+    """Whether the text tower is open_clip's causal CLIP transformer (a causal attn_mask) pooled at EOT.
+
+    Only then may the ids be cut after the last end-of-text token without changing the features; a
+    tower without the mask (attn_mask None, e.g. SigLIP-like) sees every position and keeps full length.
+    """
+    mask = getattr(model, "attn_mask", None)
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or mask.shape[0] != mask.shape[1]:
+        return False
+    future = torch.triu(torch.ones_like(mask, dtype=torch.bool), diagonal=1)
+    return bool(torch.isneginf(mask[future]).all() and (mask[~future] == 0).all())
+
+
 def encode_text_with_pseudo(
     model: nn.Module, ids: torch.Tensor, pseudo: torch.Tensor | None = None, placeholder_id: int | None = None,
     policy: str = PLACEHOLDER_ALL,
 ) -> torch.Tensor:
-    """CLIP's text path with `pseudo` [B, W] at the placeholder position(s) `policy` names; unnormalized [B, D]."""
+    """CLIP's text path with `pseudo` [B, W] at the placeholder position(s) `policy` names; unnormalized [B, D].
+
+    ids [B, L] with L <= the context length: the positional embedding and the causal mask are cut to L.
+    """
     x = model.token_embedding(ids)  # [B, L, W]
     if pseudo is not None:
         at_placeholder = placeholder_mask(ids, placeholder_id, policy).unsqueeze(-1)  # [B, L, 1]
         x = torch.where(at_placeholder, pseudo.unsqueeze(1).to(x.dtype), x)
-    x = x + model.positional_embedding.to(x.dtype)
-    x = model.transformer(x, attn_mask=model.attn_mask)
+    # Sliced to the ids' length L <= context: a causal tower's EOT feature depends only on the tokens
+    # before it, so ids cut after the last EOT give the same features (the graph's dynamic sequence axis).
+    seq = ids.shape[1]
+    x = x + model.positional_embedding[:seq].to(x.dtype)
+    mask = model.attn_mask
+    x = model.transformer(x, attn_mask=None if mask is None else mask[:seq, :seq])
     x = model.ln_final(x)  # [B, L, W]
     eot = ids.argmax(dim=-1)  # EOT is the largest id in CLIP's vocabulary
     x = x.gather(1, eot[:, None, None].expand(-1, 1, x.shape[-1])).squeeze(1)  # [B, W]

@@ -40,17 +40,19 @@ from zscir_infer.atomic import atomic_directory, atomic_write_json
 from zscir_infer.contract import (
     BUNDLE_FORMAT,
     BUNDLE_FORMAT_VERSION,
+    CAUSAL_KEY,
     DEFAULT_SLERP_ALPHA,
     MANIFEST,
     METHODS,
     PLACEHOLDER_ALL,
+    TEXT_TOWER_KEY,
     TRAINING_FREE_METHODS,
     PreprocessConfig,
     manifest_schema_path,
     sha256_file,
 )
 from zscir_train import __version__
-from zscir_train.composed import placeholder_token_id
+from zscir_train.composed import is_causal_text_tower, placeholder_token_id
 from zscir_train.reference import TorchReference
 
 SLERP_TEMPLATE = "{caption}"  # slerp encodes the caption raw, without a template
@@ -140,6 +142,12 @@ def _versions() -> dict:
     return {name: metadata.version(name) for name in VERSIONED_PACKAGES}
 
 
+def text_tower_entry(backbone) -> dict:
+    """manifest["text"]: whether the text tower is causal with EOT pooling, so that the text and query
+    graphs (token_ids [batch, sequence]) may be fed ids cut after the batch's last end-of-text token."""
+    return {CAUSAL_KEY: is_causal_text_tower(backbone.model), "pooling": "eot_argmax"}
+
+
 def build_manifest(source: ExportSource, alpha: float, tokenizer: dict, graphs: dict, golden: dict,
                    engines: list[dict]) -> dict:
     backbone, meta = source.backbone, source.meta
@@ -168,6 +176,7 @@ def build_manifest(source: ExportSource, alpha: float, tokenizer: dict, graphs: 
         "slerp_alpha": alpha,
         "preprocess": PreprocessConfig.from_dict(backbone.preprocess.to_dict()).to_dict(),
         "tokenizer": tokenizer,
+        TEXT_TOWER_KEY: text_tower_entry(backbone),
         "graphs": graphs,
         "engines": engines,
         "golden": golden,
@@ -250,7 +259,7 @@ def export_bundle(source: ExportSource, options: ExportOptions) -> ExportResult:
         engines = []
         if options.engine is not None:
             progress.update(task, description="TensorRT engines")
-            engines = build_engines(tmp, graphs, options.engine)
+            engines = build_engines(tmp, graphs, options.engine, backbone.context_length)
             progress.advance(task)
         manifest = build_manifest(source, options.alpha, tokenizer, graphs, golden, engines)
         check_manifest(manifest)

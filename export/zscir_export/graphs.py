@@ -2,11 +2,17 @@
 
 The three graphs of a bundle (DESIGN §3):
 - image_encoder: pixels float32 [batch, 3, S, S] -> image_features float32 [batch, D] (unnormalized);
-- query_encoder: image_features float32 [batch, D], token_ids int32 [batch, 77] -> query_features
+- query_encoder: image_features float32 [batch, D], token_ids int32 [batch, sequence] -> query_features
   float32 [batch, D] (normalized), phi and the placeholder substitution inside (the reference
   `ComposedQueryEncoder`, with its placeholder policy "all" or "first" and LinCIR's optional
   L2 normalization of the image features before phi);
-- text_encoder: token_ids int32 [batch, 77] -> text_features float32 [batch, D] (unnormalized).
+- text_encoder: token_ids int32 [batch, sequence] -> text_features float32 [batch, D] (unnormalized).
+
+Sequence-adaptive text graphs: when the text tower is causal (open_clip's CLIP transformer with its causal
+attn_mask) and pools at the EOT token, the ids' second axis is dynamic ("sequence", any L <= the context
+length): the positional embedding and the causal mask are sliced to L inside the graph, and the runtime
+feeds the ids cut after the batch's last EOT (`zscir_infer.contract.trimmed_sequence_length`). A tower
+without a causal mask keeps the fixed context length (every position matters there).
 
 Token ids are int32 throughout the graph (TensorRT's native integer type): the embedding Gather takes
 int32 indices and the end-of-text position is an ArgMax over int32 ids, which TensorRT 10+ supports.
@@ -28,19 +34,21 @@ import torch
 from torch import nn
 
 from zscir_infer.contract import (
+    BATCH_AXIS,
     IMAGE_ENCODER,
     IMAGE_FEATURES,
     PIXELS,
     PLACEHOLDER_ALL,
     QUERY_ENCODER,
     QUERY_FEATURES,
+    SEQUENCE_AXIS,
     TEXT_ENCODER,
     TEXT_FEATURES,
     TOKEN_IDS,
 )
-from zscir_train.composed import ComposedQueryEncoder, encode_text_with_pseudo
+from zscir_train.composed import ComposedQueryEncoder, encode_text_with_pseudo, is_causal_text_tower
 
-BATCH = "batch"
+BATCH, SEQUENCE = BATCH_AXIS, SEQUENCE_AXIS  # the symbolic dims of the manifest's shapes
 OPSET = 17  # LayerNormalization is a single op from 17 on; TensorRT 10 parses 9..20
 EXPORT_BATCH = 2  # the traced example batch; not 1, which a tracer may specialize shapes on
 PROTOBUF_LIMIT = 2**31  # a single .onnx file cannot exceed 2 GiB: larger graphs keep weights beside it
@@ -52,10 +60,12 @@ PRECISIONS = ("fp32", "fp16", "int8")
 class TensorSpec:
     name: str
     dtype: str  # numpy dtype name: "float32" | "int32"
-    shape: tuple  # ints, and BATCH for the dynamic axis
+    shape: tuple  # ints, BATCH for the dynamic batch axis, SEQUENCE for a dynamic token axis
 
-    def concrete(self, batch: int) -> tuple[int, ...]:
-        return tuple(batch if d == BATCH else d for d in self.shape)
+    def concrete(self, batch: int, sequence: int | None = None) -> tuple[int, ...]:
+        if SEQUENCE in self.shape and sequence is None:
+            raise ValueError(f"{self.name} {list(self.shape)} has a dynamic sequence axis: give its length.")
+        return tuple(batch if d == BATCH else sequence if d == SEQUENCE else d for d in self.shape)
 
     def to_manifest(self) -> dict:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
@@ -98,7 +108,13 @@ class GraphSpec:
         return f"{self.name}.onnx" if precision == "fp32" else f"{self.name}.{precision}.onnx"
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
-        return {t.name: {t.shape.index(BATCH): BATCH} for t in (*self.inputs, *self.outputs)}
+        return {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)}
+                for t in (*self.inputs, *self.outputs)}
+
+    @property
+    def sequence_adaptive(self) -> bool:
+        """Whether an input takes ids of any length up to the context (the dynamic SEQUENCE axis)."""
+        return any(SEQUENCE in t.shape for t in self.inputs)
 
     def manifest_io(self) -> dict:
         return {"inputs": [t.to_manifest() for t in self.inputs], "outputs": [t.to_manifest() for t in self.outputs]}
@@ -119,8 +135,9 @@ class GraphSpec:
         scratch.mkdir(parents=True, exist_ok=True)
         traced = scratch / path.name
         args = tuple(torch.from_numpy(np.ascontiguousarray(example[t.name])) for t in self.inputs)
+        clip = getattr(self.module, "clip", None) if self.sequence_adaptive else None
         try:
-            with torch.no_grad(), _mha_fastpath_disabled(), _quiet_exporter():
+            with torch.no_grad(), _mha_fastpath_disabled(), _quiet_exporter(), _traceable_text_attention(clip):
                 torch.onnx.export(
                     self.module.eval(), args, str(traced), dynamo=False, opset_version=self.opset,
                     input_names=[t.name for t in self.inputs], output_names=[t.name for t in self.outputs],
@@ -160,7 +177,8 @@ def graph_specs(backbone, phi: nn.Module | None = None, placeholder_id: int | No
     model, d, size, length = backbone.model.eval(), backbone.embed_dim, backbone.preprocess.image_size, \
         backbone.context_length
     pixels = TensorSpec(PIXELS, "float32", (BATCH, 3, size, size))
-    token_ids = TensorSpec(TOKEN_IDS, "int32", (BATCH, length))
+    causal = is_causal_text_tower(model)  # EOT pooling of a causal tower: ids may be cut after EOT
+    token_ids = TensorSpec(TOKEN_IDS, "int32", (BATCH, SEQUENCE if causal else length))
     image_features = TensorSpec(IMAGE_FEATURES, "float32", (BATCH, d))
     specs = [GraphSpec(IMAGE_ENCODER, ImageEncoderGraph(model), (pixels,), (image_features,), False)]
     if phi is not None:
@@ -215,3 +233,46 @@ def _quiet_exporter() -> Iterator[None]:
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         yield
+
+
+@contextlib.contextmanager
+def _traceable_text_attention(clip_model: nn.Module | None) -> Iterator[None]:
+    """Trace the text tower's self-attention with the sequence length left dynamic.
+
+    nn.MultiheadAttention's functional form reshapes the keys with `k.shape[0]`, which the TorchScript
+    tracer records as a constant (the traced length): the graph then fails on any other length. For the
+    export only, each text block's `attention` is the same computation written with `-1` for the length
+    (in-projection, scaled dot product with the additive mask, softmax, out-projection); the validation
+    holds the graph to the unchanged PyTorch module at full and at trimmed lengths.
+    """
+    blocks = [] if clip_model is None else list(getattr(getattr(clip_model, "transformer", None), "resblocks", []))
+    patched = [b for b in blocks if isinstance(getattr(b, "attn", None), nn.MultiheadAttention)
+               and b.attn._qkv_same_embed_dim and b.attn.in_proj_bias is not None and b.attn.bias_k is None]
+    batch_first = bool(getattr(clip_model.transformer, "batch_first", True)) if patched else True
+    for block in patched:
+        block.attention = _explicit_attention(block.attn, batch_first)
+    try:
+        yield
+    finally:
+        for block in patched:
+            del block.attention  # the class's method again
+
+
+def _explicit_attention(attn: nn.MultiheadAttention, batch_first: bool):
+    heads = attn.num_heads
+    width = attn.embed_dim
+    head_dim = width // heads
+    scale = float(head_dim) ** -0.5
+
+    def attention(q_x: torch.Tensor, k_x=None, v_x=None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = q_x if batch_first else q_x.transpose(0, 1)  # [B, L, W]
+        q, k, v = torch.nn.functional.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = (t.reshape(x.shape[0], -1, heads, head_dim).transpose(1, 2) for t in (q, k, v))  # [B, h, L, d]
+        scores = torch.matmul(q * scale, k.transpose(-2, -1))  # [B, h, L, L]
+        if attn_mask is not None:
+            scores = scores + attn_mask.to(scores.dtype)
+        out = torch.matmul(scores.softmax(dim=-1), v).transpose(1, 2).reshape(x.shape[0], -1, width)
+        out = torch.nn.functional.linear(out, attn.out_proj.weight, attn.out_proj.bias)
+        return out if batch_first else out.transpose(0, 1)
+
+    return attention

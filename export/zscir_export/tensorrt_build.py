@@ -46,7 +46,11 @@ def require_tensorrt() -> None:
         raise EngineError(f"--engine trt cannot build engines on this machine: {reason}. {REBUILD_HINT}")
 
 
-def build_engines(bundle_dir: Path, graphs: dict, options: EngineOptions) -> list[dict]:
-    """Engines for every graph of the bundle being written; returns the manifest's `engines` entries."""
-    return build_bundle_engines(bundle_dir, {"graphs": graphs}, options.precisions, options.profiles,
+def build_engines(bundle_dir: Path, graphs: dict, options: EngineOptions,
+                  context_length: int | None = None) -> list[dict]:
+    """Engines for every graph of the bundle being written; returns the manifest's `engines` entries.
+
+    context_length: the upper end of the sequence axis of sequence-adaptive text graphs' profiles."""
+    return build_bundle_engines(bundle_dir, {"graphs": graphs, "context_length": context_length},
+                                options.precisions, options.profiles,
                                 timing_cache_dir=options.timing_cache_dir)

@@ -5,8 +5,11 @@
 Each config declares the graph's tensors without the batch axis (`max_batch_size` > 0 makes Triton
 batch along the first axis, which is the graphs' dynamic `batch`), dynamic batching with preferred
 batch sizes and a queue delay, an instance group, and optionally ONNX Runtime's TensorRT execution
-accelerator. Tokenization and preprocessing stay with the client (the bundle's tokenizer.json and
-manifest `preprocess`): Triton serves tensors.
+accelerator. The token ids of sequence-adaptive text graphs (manifest shape [batch, "sequence"]) have
+`dims: [ -1 ]`: any length up to the context. Triton's dynamic batcher joins only requests of one shape,
+so a client that cuts its ids after the end-of-text token should round the length as the runtime does
+(`zscir_infer.contract.trimmed_sequence_length`: multiples of 8). Tokenization and preprocessing stay
+with the client (the bundle's tokenizer.json and manifest `preprocess`): Triton serves tensors.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 
 from zscir_export.bundle import default_permissions
 from zscir_infer.atomic import atomic_directory
+from zscir_infer.contract import BATCH_AXIS, SEQUENCE_AXIS
 from zscir_infer.errors import ZscirError
 
 TRITON_DTYPE = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int32": "TYPE_INT32", "int64": "TYPE_INT64"}
@@ -60,9 +64,13 @@ class TritonOptions:
 
 
 def _tensor(spec: dict) -> str:
-    if spec["shape"][0] != "batch" or "batch" in spec["shape"][1:]:
+    """One tensor of a config: dims without the batch axis; a dynamic sequence axis is -1 (any length)."""
+    if spec["shape"][0] != BATCH_AXIS or BATCH_AXIS in spec["shape"][1:]:
         raise TritonError(f"Tensor {spec['name']} {spec['shape']}: Triton batching needs the batch axis first.")
-    dims = ", ".join(str(d) for d in spec["shape"][1:])
+    unknown = [d for d in spec["shape"][1:] if not isinstance(d, int) and d != SEQUENCE_AXIS]
+    if unknown:
+        raise TritonError(f"Tensor {spec['name']} {spec['shape']}: unknown dynamic axis {unknown}.")
+    dims = ", ".join("-1" if d == SEQUENCE_AXIS else str(d) for d in spec["shape"][1:])
     return f'  {{ name: "{spec["name"]}" data_type: {TRITON_DTYPE[spec["dtype"]]} dims: [ {dims} ] }}'
 
 
