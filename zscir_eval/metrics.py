@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import faiss
 import numpy as np
 
+from zscir_infer.search import drop_excluded
+
 PERCENT = 100.0
 NO_RESULT = -1  # FAISS's filler index
 
@@ -37,14 +39,8 @@ def search_excluding(
     exclude [Q]: the gallery index to remove for each query, or -1 for none.
     """
     D, I = search(xq, xb, k + 1)  # [Q, k + 1]: one spare result replaces the removed one
-    removed = (I == exclude[:, None]) & (exclude[:, None] != NO_RESULT)
-    order = np.argsort(removed, axis=1, kind="stable")  # removed entries move last, the rest keep rank
-    D = np.take_along_axis(D, order, axis=1)[:, :k]
-    I = np.take_along_axis(I, order, axis=1)[:, :k]
-    dropped = np.take_along_axis(removed, order, axis=1)[:, :k]
-    I[dropped] = NO_RESULT  # only reachable when the gallery has k items or fewer
-    D[dropped] = -np.inf
-    return D, I
+    # the runtime's one exclusion mechanism (galleries rank through it too); -1 pads "nothing to remove"
+    return drop_excluded(D, I, np.asarray(exclude, dtype=np.int64)[:, None], k)
 
 
 def search_subsets(
