@@ -13,7 +13,7 @@ import pytest
 
 from zscir_infer import Runtime
 from zscir_infer.backends import BackendError, parse_device
-from zscir_infer.backends.trt import check_compatible, normalize_compute_capability, select_profile
+from zscir_infer.backends.trt import check_compatible, normalize_compute_capability, pick_engine, select_profile
 
 GPU_TOL = 1e-3  # TF32/fp32 kernels on the GPU vs ONNX Runtime on the CPU
 
@@ -74,6 +74,20 @@ def test_incompatible_engines_are_refused_naming_both_sides(tmp_path):
 
 
 @pytest.mark.skipif(HAS_TRT, reason="checks the message for machines without tensorrt")
+def test_the_engine_built_by_this_tensorrt_for_this_gpu_wins():
+    """After a TensorRT upgrade the bundle lists the old engine first; the new one must be chosen."""
+    from zscir_infer.bundle import EngineSpec
+
+    def engine(trt: str, cc: str) -> EngineSpec:
+        return EngineSpec("query_encoder", "fp16", None, trt, cc, ())
+
+    old_h100, other_gpu, new_h100 = engine("10.13.3", "9.0"), engine("10.14.1", "8.9"), engine("10.14.1", "9.0")
+    assert pick_engine([old_h100, other_gpu, new_h100], "10.14.1", "9.0") is new_h100
+    assert pick_engine([other_gpu, old_h100], "10.14.1", "9.0") is old_h100  # same GPU: check_compatible names it
+    assert pick_engine([other_gpu, old_h100], "10.14.1", "sm_90") is old_h100  # spellings of the capability
+    assert pick_engine([other_gpu], "10.14.1", "9.0") is other_gpu  # nothing for this GPU: refused downstream
+
+
 def test_the_trt_backend_without_tensorrt_says_what_to_install(tiny_bundle, tmp_path):
     bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
     manifest = json.loads((bundle / "manifest.json").read_text())

@@ -208,9 +208,7 @@ class Runtime:
             raise BackendError(f"Bundle {self.bundle.path} has no {self.precision} TensorRT engine for {graph}: "
                                f"build them on this machine with `zscir-infer engines {self.bundle.path}`, or use --backend ort.")
         local_trt, local_cc = trt.tensorrt_version(), trt.device_compute_capability(self.device_id)
-        cc = trt.normalize_compute_capability
-        engine = next((e for e in engines if e.compute_capability and cc(e.compute_capability) == local_cc),
-                      engines[0])
+        engine = trt.pick_engine(engines, local_trt, local_cc)
         trt.check_compatible(engine.file.path, engine.tensorrt_version, engine.compute_capability, local_trt, local_cc)
         return trt.TrtEngine(self.bundle.verified(engine.file), self.device_id)
 

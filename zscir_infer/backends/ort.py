@@ -46,6 +46,9 @@ def provider_list(kind: str, device_id: int, cache_key: str = "") -> list:
     return [trt, cuda, CPU]
 
 
+DISABLE_OPTIMIZERS_KEY = "optimization.disable_specified_optimizers"  # comma-separated optimizer names
+
+
 class OrtSession:
     """One ONNX graph on ONNX Runtime: `infer(feeds) -> outputs`, `providers_used()`, a context manager.
 
@@ -77,8 +80,10 @@ class OrtSession:
         providers = provider_list(kind, device_id, cache_key)
         if kind == "tensorrt":
             Path(providers[0][1]["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
-        self.session = ort.InferenceSession(str(self.path), options, providers=providers,
-                                            disabled_optimizers=list(disabled_optimizers))
+        if disabled_optimizers:  # a session config entry, not the constructor argument: it survives ONNX
+            # Runtime's provider-fallback retry, and it is what a C++ program sets (the manifest says so)
+            options.add_session_config_entry(DISABLE_OPTIMIZERS_KEY, ",".join(disabled_optimizers))
+        self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         used = self.session.get_providers()
         if kind != "cpu" and GPU_PROVIDER[kind] not in used:
             raise BackendError(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,18 @@ def check_compatible(engine_file: Path, built_trt: str, built_cc: str, local_trt
         problems.append(f"compute capability {built_cc} (this GPU is {local_cc})")
     if problems:
         raise BackendError(f"Engine {engine_file} was built for {' and '.join(problems)}: {REBUILD}.")
+
+
+def pick_engine(engines: Sequence, local_trt: str, local_cc: str):
+    """The engine to run here: one built by this TensorRT version for this GPU generation; else one for this
+    GPU generation (check_compatible then names the version mismatch); else the first listed.
+
+    A bundle keeps the engines of other machines and of older TensorRT versions listed, so after an upgrade
+    the freshly built engine must win over an older one for the same GPU."""
+    same_gpu = [e for e in engines if e.compute_capability
+                and normalize_compute_capability(e.compute_capability) == normalize_compute_capability(local_cc)]
+    exact = [e for e in same_gpu if e.tensorrt_version == local_trt]
+    return (exact or same_gpu or list(engines))[0]
 
 
 def tensorrt_version() -> str:
