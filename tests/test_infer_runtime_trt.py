@@ -13,7 +13,12 @@ import pytest
 
 from zscir_infer import Runtime
 from zscir_infer.backends import BackendError, parse_device
-from zscir_infer.backends.trt import check_compatible, normalize_compute_capability, pick_engine, select_profile
+from zscir_infer.backends.trt import (
+    check_compatible,
+    normalize_compute_capability,
+    pick_engine,
+    select_profile,
+)
 
 GPU_TOL = 1e-3  # TF32/fp32 kernels on the GPU vs ONNX Runtime on the CPU
 

@@ -9,7 +9,6 @@ the suite's shared setup (tests/conftest.py, tests/fixtures/) works on a base in
 
 import ast
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -20,29 +19,15 @@ import numpy as np
 from PIL import Image
 
 import zscir_infer
-
-FORBIDDEN = ("torch", "torchvision", "open_clip", "zscir_train", "zscir_export")
+from tests.forbid_imports import FORBIDDEN, forbidding_env, named_imports, read_report
 
 CHILD = textwrap.dedent("""
-    import importlib.abc, json, sys, traceback
-    FORBIDDEN = {forbidden!r}
-    attempts = []
-
-    class Forbid(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in FORBIDDEN:
-                importer = next((f.filename for f in reversed(traceback.extract_stack()[:-1])
-                                 if "importlib" not in f.filename and "<frozen" not in f.filename), "?")
-                attempts.append([name, importer])
-                raise ImportError(f"{{name}} is not importable in this test")
-            return None
-
-    sys.meta_path.insert(0, Forbid())
+    import json, sys
     try:
         import torch  # noqa: F401  -- the hook works
         raise SystemExit("torch was importable")
     except ImportError:
-        attempts.clear()
+        pass
 
     from typer.testing import CliRunner
     import zscir_infer
@@ -59,10 +44,9 @@ CHILD = textwrap.dedent("""
                                  "--json", "--show", show])
     assert answer.exit_code == 0, answer.output
     rt = Runtime(bundle)
-    queries = {{m: rt.encode_queries([(reference, "as a sketch")], method=m).tolist()
-               for m in zscir_infer.METHODS}}
-    print(json.dumps({{"attempts": attempts, "answer": json.loads(answer.stdout), "queries": queries,
-                      "loaded": sorted(m for m in sys.modules if m.split(".")[0] in FORBIDDEN)}}))
+    queries = {m: rt.encode_queries([(reference, "as a sketch")], method=m).tolist()
+               for m in zscir_infer.METHODS}
+    print(json.dumps({"answer": json.loads(answer.stdout), "queries": queries}))
 """)
 
 
@@ -73,16 +57,17 @@ def test_the_runtime_indexes_and_answers_queries_with_torch_unimportable(tiny_bu
     for i in range(6):
         Image.fromarray(rng.integers(0, 256, (20 + 7 * i, 40, 3), dtype=np.uint8)).save(images / f"im{i}.png")
     script = tmp_path / "child.py"
-    script.write_text(CHILD.format(forbidden=FORBIDDEN))
+    script.write_text(CHILD)
+    env, imports = forbidding_env(tmp_path)
     done = subprocess.run(
         [sys.executable, str(script), str(tiny_bundle), str(images), str(tmp_path / "gallery"), str(tmp_path / "s.png")],
-        capture_output=True, text=True, timeout=300,
+        env=env, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.splitlines()[-1])
-    ours = [(name, importer) for name, importer in report["attempts"] if "zscir_infer" in importer]
+    report, seen = json.loads(done.stdout.splitlines()[-1]), read_report(imports)
+    ours = [(name, importer) for name, importer in seen["attempts"] if "zscir_infer" in importer]
     assert ours == [], f"zscir_infer tried to import {ours}"
-    assert report["loaded"] == []
+    assert seen["loaded"] == []
     assert [h["rank"] for h in report["answer"]["results"]] == [1, 2, 3]
     assert set(report["queries"]) == {"phi", "slerp", "image", "text", "average"}
     assert (tmp_path / "s.png").is_file()
@@ -90,20 +75,9 @@ def test_the_runtime_indexes_and_answers_queries_with_torch_unimportable(tiny_bu
 
 def test_no_module_of_the_package_names_a_forbidden_import():
     package = Path(zscir_infer.__file__).parent
-    offenders = []
-    for path in sorted(package.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                names = [node.module or ""]
-            elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
-                    "import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant):
-                names = [str(node.args[0].value)]
-            else:
-                continue
-            offenders += [f"{path.relative_to(package)}:{node.lineno} {n}" for n in names
-                          if n.split(".")[0] in FORBIDDEN]
+    offenders = [f"{path.relative_to(package)}:{line} {name}" for path in sorted(package.rglob("*.py"))
+                 for line, name in named_imports(ast.parse(path.read_text(), filename=str(path)))
+                 if name.split(".")[0] in FORBIDDEN]
     assert offenders == []
 
 
@@ -111,44 +85,14 @@ def test_no_module_of_the_package_names_a_forbidden_import():
 TORCH_FREE_TESTS = ("tests/test_infer_sources.py", "tests/test_infer_search.py")
 REPO = Path(__file__).resolve().parent.parent
 
-# Loaded by the child interpreter at start-up (PYTHONPATH): the forbidden modules behave as not installed.
-SITECUSTOMIZE = textwrap.dedent("""
-    import atexit, importlib.abc, json, os, sys, traceback
-    FORBIDDEN = {forbidden!r}
-    attempts = []
-
-    class Forbid(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in FORBIDDEN:
-                importer = next((f.filename for f in reversed(traceback.extract_stack()[:-1])
-                                 if "importlib" not in f.filename and "<frozen" not in f.filename), "?")
-                attempts.append([name, importer])
-                raise ModuleNotFoundError(f"No module named {{name!r}} (blocked by the test)", name=name)
-            return None
-
-    sys.meta_path.insert(0, Forbid())
-
-    @atexit.register
-    def _report():
-        with open(os.environ["ZSCIR_FORBID_REPORT"], "w") as f:
-            json.dump({{"attempts": attempts,
-                       "loaded": sorted(m for m in sys.modules if m.split(".")[0] in FORBIDDEN)}}, f)
-""")
-
-
 def test_the_runtime_tests_pass_under_pytest_with_torch_unimportable(tmp_path):
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE.format(forbidden=FORBIDDEN))
-    report, junit = tmp_path / "report.json", tmp_path / "junit.xml"
-    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}  # the outer run's -k/-m are not the child's
-    env |= {"PYTHONPATH": os.pathsep.join([str(hook), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-            "ZSCIR_FORBID_REPORT": str(report)}
+    env, report = forbidding_env(tmp_path)
+    junit = tmp_path / "junit.xml"
     done = subprocess.run(
         [sys.executable, "-m", "pytest", *TORCH_FREE_TESTS, "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
-    seen = json.loads(report.read_text())
+    seen = read_report(report)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:] + f"\nimport attempts: {seen['attempts']}"
     assert seen["loaded"] == []
     suite = ET.parse(junit).getroot().find("testsuite")

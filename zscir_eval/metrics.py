@@ -14,10 +14,9 @@ from collections.abc import Sequence
 import faiss
 import numpy as np
 
-from zscir_infer.search import drop_excluded
+from zscir_infer.search import NO_RESULT, drop_excluded
 
 PERCENT = 100.0
-NO_RESULT = -1  # FAISS's filler index
 
 
 def exact_search(xq: np.ndarray, xb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

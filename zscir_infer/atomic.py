@@ -10,18 +10,30 @@ import contextlib
 import glob
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-FILE_MODE, DIR_MODE = 0o666, 0o777  # before the umask, as open() and mkdir() create them
+FILE_MODE, DIR_MODE = 0o666, 0o777  # less the umask, as open() and mkdir() create them (mkstemp: 0600)
 
 
-def _umask() -> int:
-    mask = os.umask(0)  # reading the umask means setting it; set it straight back
-    os.umask(mask)
-    return mask
+def _sibling(path: Path, suffix: str, make) -> Path:
+    """A new, uniquely named `.{name}.{random}{suffix}` beside path, created by make(candidate) (which
+    raises FileExistsError on a clash), so it gets the usual umask-based mode rather than tempfile's 0600/0700."""
+    for _ in range(100):
+        candidate = path.parent / f".{path.name}.{secrets.token_hex(6)}{suffix}"
+        try:
+            make(candidate)
+            return candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"No free temporary name beside {path}.")
+
+
+def _new_file(candidate: Path) -> None:
+    os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -37,10 +49,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
-    os.fchmod(fd, FILE_MODE & ~_umask())  # mkstemp makes 0600: give the result a file's usual mode
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = _sibling(path, suffix + ".tmp", _new_file)
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -101,8 +110,7 @@ def atomic_directory(path: str | os.PathLike, force: bool = False) -> Iterator[P
     if path.exists() and not force:
         raise FileExistsError(f"{path} already exists: pass --force to replace it, or choose another --out.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, DIR_MODE & ~_umask())  # mkdtemp makes 0700: give the result a directory's usual mode
+    tmp = _sibling(path, ".tmp", lambda candidate: os.mkdir(candidate, DIR_MODE))
     try:
         yield tmp
         for f in tmp.rglob("*"):

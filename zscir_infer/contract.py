@@ -41,11 +41,9 @@ PHI_KINDS = ("lincir", "pic2word")  # the two phi architectures (SEARLE's phi is
 
 # --- graphs and tensors of a bundle (the manifest records them; the runtime reads them from there) -------
 IMAGE_ENCODER, QUERY_ENCODER, TEXT_ENCODER = "image_encoder", "query_encoder", "text_encoder"
-GRAPH_NAMES = (IMAGE_ENCODER, QUERY_ENCODER, TEXT_ENCODER)
 PIXELS, TOKEN_IDS = "pixels", "token_ids"  # float32 [B, 3, S, S]; int64 [B, 77]
 IMAGE_FEATURES, QUERY_FEATURES, TEXT_FEATURES = "image_features", "query_features", "text_features"
 GRAPH_INPUTS = {IMAGE_ENCODER: (PIXELS,), QUERY_ENCODER: (IMAGE_FEATURES, TOKEN_IDS), TEXT_ENCODER: (TOKEN_IDS,)}
-GRAPH_OUTPUTS = {IMAGE_ENCODER: IMAGE_FEATURES, QUERY_ENCODER: QUERY_FEATURES, TEXT_ENCODER: TEXT_FEATURES}
 PRECISIONS = ("fp32", "fp16", "int8")
 
 # --- composition constants (numpy and torch implement the same formulas) ---------------------------------

@@ -94,7 +94,7 @@ def index_images(
         if listing is not None:
             runtime = bundle if isinstance(bundle, Runtime) else stack.enter_context(
                 Runtime(bundle, backend, device, precision, batch_size))
-        bundle_path = runtime.bundle.path if runtime is not None else Path(os.fspath(bundle))
+        bundle_path = bundle.bundle.path if isinstance(bundle, Runtime) else Path(bundle)
         g = stack.enter_context(_open_gallery(gallery, runtime, bundle_path, listing, add, index))
         if index is not None or search_params:
             _set_index(g, index, dict(search_params or {}), len(listing.entries) if listing else 0)

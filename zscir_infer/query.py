@@ -170,33 +170,17 @@ def iter_queries(
         yield results
 
 
-def run_queries(
-    runtime: Runtime,
-    gallery: Gallery,
-    requests: Sequence[QueryRequest],
-    *,
-    k: int = 10,
-    method: str | None = None,
-    template: str | None = None,
-    alpha: float | None = None,
-    exclude_ref: bool = False,
-    filter: str | None = None,
-    base_dir: Path | None = None,
-    chunk_size: int = QUERY_CHUNK,
-) -> list[QueryResult]:
+def run_queries(runtime: Runtime, gallery: Gallery, requests: Sequence[QueryRequest], **options) -> list[QueryResult]:
     """Run composed queries against a gallery -> one QueryResult per request, hits ranked best first.
 
-    Requests are encoded and searched chunk_size at a time (one batched encode and one gallery search
-    per chunk). method: phi, slerp, image, text or average (default: the bundle's); template: the phi
-    prompt (see `zscir_infer.contract.fill_template`) or a template name of the bundle; exclude_ref:
-    leave each reference image out of its results (CIRR's protocol), through the gallery's own
-    exclusion; filter: an expression over the gallery items' name and path (`stores.filters`). Hits
-    whose request names targets are marked correct or not.
+    The options are `iter_queries`': k (10), method (phi, slerp, image, text or average; default the
+    bundle's), template (the phi prompt, see `zscir_infer.contract.fill_template`, or a template name of
+    the bundle), alpha, exclude_ref (leave each reference image out of its results, CIRR's protocol,
+    through the gallery's own exclusion), filter (an expression over the items' name and path, see
+    `stores.filters`), base_dir (where relative paths in requests start) and chunk_size (requests encoded
+    and searched together). Hits whose request names targets are marked correct or not.
     """
-    return [result for chunk in iter_queries(runtime, gallery, requests, k=k, method=method, template=template,
-                                             alpha=alpha, exclude_ref=exclude_ref, filter=filter, base_dir=base_dir,
-                                             chunk_size=chunk_size)
-            for result in chunk]
+    return [result for chunk in iter_queries(runtime, gallery, requests, **options) for result in chunk]
 
 
 def _target_set(request: QueryRequest, base_dir: Path | None) -> set | None:

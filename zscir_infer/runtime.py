@@ -32,6 +32,7 @@ import os
 import threading
 import warnings
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -64,6 +65,12 @@ from zscir_infer.tokenizer import ClipTokenizer
 
 DEFAULT_BATCH_SIZE = 32
 SHOWN_CHARS = 60  # of a text named in a warning
+
+
+class GraphIO(NamedTuple):
+    inputs: dict[str, str]  # contract role (PIXELS, IMAGE_FEATURES, TOKEN_IDS) -> the graph's input name
+    output: str
+    sequence_adaptive: bool  # token ids may be cut after the batch's last EOT
 
 
 class TruncationWarning(UserWarning):
@@ -138,8 +145,7 @@ class Runtime:
                                                  self.bundle.context_length)
         self._check_placeholder()
         self._sessions: dict[str, object] = {}
-        self._io: dict[str, tuple[dict[str, str], str]] = {}
-        self._trimmable: dict[str, bool] = {}
+        self._io: dict[str, GraphIO] = {}
         self.trim_sequence = trim_sequence  # cut the ids after the last EOT where the bundle allows it
         self._lock = threading.Lock()
 
@@ -217,36 +223,32 @@ class Runtime:
         names = graphs or sorted({name for name, _ in self.bundle.graphs})
         return {name: self._session(name).providers_used() for name in names}
 
-    def _io_names(self, graph: str) -> tuple[dict[str, str], str]:
-        """({contract input role: the graph's input name}, output name), as the manifest records them.
+    def _graph_io(self, graph: str) -> GraphIO:
+        """How to feed `graph`, read once from the manifest: {contract input role: the graph's input name},
+        its output name, and whether its ids may be cut after the last EOT.
 
         The manifest lists a graph's inputs in the contract's order (GRAPH_INPUTS); their names are read
-        from it, so a bundle whose exporter named its tensors differently still runs.
+        from it, so a bundle whose exporter named its tensors differently still runs. Ids are cut for a
+        causal text tower (manifest `text.causal`) whose token_ids shape has the dynamic sequence axis.
         """
-        if graph in self._io:
-            return self._io[graph]
-        precision = self.precision if (graph, self.precision) in self.bundle.graphs else "fp32"
-        spec = self.bundle.graph(graph, precision)
-        roles = GRAPH_INPUTS[graph]
-        if len(spec.inputs) != len(roles) or len(spec.outputs) != 1:
-            raise BundleError(f"Bundle {self.bundle.path}: {graph} has inputs {[i['name'] for i in spec.inputs]} and "
-                              f"outputs {[o['name'] for o in spec.outputs]}; the contract wants {list(roles)} and one "
-                              "output. Re-export the bundle with this zscir.")
-        self._io[graph] = ({role: entry["name"] for role, entry in zip(roles, spec.inputs, strict=True)},
-                           spec.outputs[0]["name"])
+        if graph not in self._io:
+            precision = self.precision if (graph, self.precision) in self.bundle.graphs else "fp32"
+            spec = self.bundle.graph(graph, precision)
+            roles = GRAPH_INPUTS[graph]
+            if len(spec.inputs) != len(roles) or len(spec.outputs) != 1:
+                raise BundleError(
+                    f"Bundle {self.bundle.path}: {graph} has inputs {[i['name'] for i in spec.inputs]} and outputs "
+                    f"{[o['name'] for o in spec.outputs]}; the contract wants {list(roles)} and one output. Re-export "
+                    "the bundle with this zscir.")
+            inputs = dict(zip(roles, spec.inputs, strict=True))
+            ids = inputs.get(TOKEN_IDS)
+            self._io[graph] = GraphIO({role: entry["name"] for role, entry in inputs.items()}, spec.outputs[0]["name"],
+                                      bool(self.bundle.text_causal and ids is not None and SEQUENCE_AXIS in ids["shape"]))
         return self._io[graph]
 
     def sequence_adaptive(self, graph: str) -> bool:
-        """Whether `graph` is fed ids cut after the last EOT: a causal text tower (manifest `text.causal`)
-        and token_ids with the dynamic sequence axis in the graph's manifest shape."""
-        if graph not in self._trimmable:
-            self._io_names(graph)
-            precision = self.precision if (graph, self.precision) in self.bundle.graphs else "fp32"
-            spec = self.bundle.graph(graph, precision)
-            ids = dict(zip(GRAPH_INPUTS[graph], spec.inputs, strict=True)).get(TOKEN_IDS)
-            self._trimmable[graph] = bool(self.bundle.text_causal and ids is not None
-                                          and SEQUENCE_AXIS in ids["shape"])
-        return self._trimmable[graph]
+        """Whether `graph` is fed ids cut after the last EOT (see `_graph_io`)."""
+        return self._graph_io(graph).sequence_adaptive
 
     def trim_token_ids(self, graph: str, ids: np.ndarray) -> np.ndarray:
         """The ids `graph` is fed: cut to `trimmed_sequence_length` of the batch's longest EOT position
@@ -261,11 +263,11 @@ class Runtime:
 
         feeds are keyed by the contract's input names (PIXELS, IMAGE_FEATURES, TOKEN_IDS); token ids of a
         sequence-adaptive graph are cut after the batch's last EOT first (`trim_token_ids`)."""
-        names, output = self._io_names(graph)
+        io = self._graph_io(graph)
         if TOKEN_IDS in feeds:
             feeds = {**feeds, TOKEN_IDS: self.trim_token_ids(graph, feeds[TOKEN_IDS])}
-        outputs = self._session(graph).infer({names[role]: value for role, value in feeds.items()})
-        return np.asarray(outputs[output], dtype=np.float32)
+        outputs = self._session(graph).infer({io.inputs[role]: value for role, value in feeds.items()})
+        return np.asarray(outputs[io.output], dtype=np.float32)
 
     def _batched(self, graph: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
         n = len(next(iter(feeds.values())))
