@@ -9,15 +9,25 @@ BIN     = $(VENV)/bin
 TORCH_PINS = torch==2.14.1 torchvision==0.29.1
 STAMP   = $(VENV)/.zscir-installed
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup browser demo test test-fast lint clean
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# The search page's test drives Debian's Chromium (Playwright uses it through executable_path: no
+# browser download). Installed as root; otherwise the test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get install -y -q chromium >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) && echo "installed chromium"; \
+	  else echo "note: Debian's chromium is missing and this is not root: the page test will skip" \
+	            "(sudo apt-get install chromium)"; fi; }
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_PINS)
-	$(BIN)/python -m pip install -q -e '.[cpu,train,dev]' $(TORCH_PINS)
+	$(BIN)/python -m pip install -q -e '.[cpu,train,serve,milvus,ray,dev]' $(TORCH_PINS)
 	touch $(STAMP)
 
 demo: setup

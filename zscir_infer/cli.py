@@ -44,6 +44,7 @@ from zscir_infer.gallery import Gallery
 from zscir_infer.index_cli import register as register_index
 from zscir_infer.query import QueryRequest, QueryResult, RecallTally, iter_queries, read_batch
 from zscir_infer.runtime import DEFAULT_BATCH_SIZE, Runtime
+from zscir_infer.serve.cli import register as register_serve
 
 MAX_ECHOED_BATCH = 50  # queries printed in full; a larger batch prints its summary only
 MAX_SHEET_ROWS = 50  # queries drawn on a contact sheet (the first ones): a sheet is for looking at
@@ -230,6 +231,7 @@ def engines(
 
 
 register_index(app)
+register_serve(app)
 
 if __name__ == "__main__":
     app()
