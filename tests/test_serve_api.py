@@ -395,3 +395,17 @@ def test_image_decoding_matches_the_runtime_for_other_formats(served, app):
     response = run(go())
     assert_same([(h["name"], h["score"]) for h in response.json()["results"]],
                 cli_results(served, str(path), "as a sketch", "-k", "4"))
+
+
+def test_a_request_past_its_timeout_gets_504_and_the_server_lives_on(served):
+    app = make_app(served, request_timeout_s=0.001, max_wait_ms=200, max_batch=8)
+
+    async def go():
+        async with client(app) as c:
+            slow = await search(c, reference=served["names"][0], text="x", k=2)
+            await asyncio.sleep(0.3)  # the abandoned job's batch runs and finds nobody waiting
+            return slow, await c.get("/readyz")
+
+    slow, health = run(go())
+    assert slow.status_code == 504 and slow.json()["error"]["kind"] == "timeout"
+    assert health.status_code == 200

@@ -111,3 +111,16 @@ def test_sigkill_during_adds_never_half_adds_an_item(served, tmp_path):  # noqa:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def test_several_workers_serve_the_same_read_only_gallery(served):  # noqa: F811
+    proc, base = start(served, "--workers", "2")
+    try:
+        answers = [httpx.post(f"{base}/v1/search", data={"reference": served["names"][i], "text": "x", "k": "2"},
+                              timeout=30) for i in range(6)]
+        assert [r.status_code for r in answers] == [200] * 6
+        added = httpx.post(f"{base}/v1/gallery/images", files={"images": ("a.png", b"x", "image/png")}, timeout=30)
+        assert added.status_code == 409  # read-only: a gallery has one writer
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
