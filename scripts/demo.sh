@@ -61,9 +61,9 @@ run zscir-infer query --batch "$OUT/demo-queries.jsonl" -k 5 --exclude-ref --sho
 run_to "$OUT/demo-results.jsonl" zscir-infer query --batch "$OUT/demo-queries.jsonl" -k 5 --exclude-ref \
     --show "$OUT/contact-sheet.html" --json
 
-section "6. Recall on all $(wc -l < "$WORLD/queries/test.jsonl") test queries: LinCIR (phi) against the baselines"
+section "6. Recall on all $(wc -l < "$WORLD/queries/test.jsonl") test queries: LinCIR (phi) against the training-free methods (slerp, BGE-VL's sum) and the baselines"
 echo "(a hit: an image with every attribute the query asks for in the top k; the reference excluded)"
-for method in phi slerp average image text; do
+for method in phi slerp sum average image text; do
     run zscir-infer query --batch "$WORLD/queries/test.jsonl" -k 10 --exclude-ref --method "$method"
 done
 

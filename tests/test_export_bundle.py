@@ -99,8 +99,8 @@ def test_the_tokenizer_gives_open_clips_ids(tiny_bundle):
 
 
 def test_golden_methods_cover_the_bundle(tiny_bundle, tiny_slerp_bundle):
-    for b, methods in ((tiny_bundle, {"phi", "slerp", "image", "text", "average"}),
-                       (tiny_slerp_bundle, {"slerp", "image", "text", "average"})):
+    for b, methods in ((tiny_bundle, {"phi", "slerp", "image", "text", "average", "sum"}),
+                       (tiny_slerp_bundle, {"slerp", "image", "text", "average", "sum"})):
         golden = json.loads((b / "golden" / "golden.json").read_text())
         assert set(golden["methods"]) == methods
         assert len(golden["images"]) == len(golden["texts"]) >= 4

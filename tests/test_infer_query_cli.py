@@ -174,7 +174,7 @@ def test_usage_errors(world, tmp_path):
     assert invoke_query(world, str(world["paths"][0]), "x", "-k", "0").exit_code == 2
     assert invoke_query(world, str(world["paths"][0]), "x", "--show", "sheet.jpg").exit_code == 2
     assert invoke_query(world, str(world["paths"][0]), "x", "--alpha", "1.5").exit_code == 2
-    assert invoke_query(world, str(world["paths"][0]), "x", "--method", "sum").exit_code == 2
+    assert invoke_query(world, str(world["paths"][0]), "x", "--method", "product").exit_code == 2
 
 
 @pytest.mark.parametrize(("args", "message"), [

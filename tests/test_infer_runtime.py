@@ -151,8 +151,8 @@ def test_numpy_slerp_and_average_equal_the_torch_reference_including_near_parall
 
 def test_method_errors_are_clear(runtime, tiny_slerp_bundle, tiny_bundle):
     image = read_golden(tiny_bundle)["images"][0]
-    with pytest.raises(ValueError, match="Unknown method 'sum'"):
-        runtime.encode_queries([(image, "x")], method="sum")
+    with pytest.raises(ValueError, match="Unknown method 'product'"):
+        runtime.encode_queries([(image, "x")], method="product")
     slerp_rt = Runtime(tiny_slerp_bundle)
     assert slerp_rt.default_method == "slerp" and slerp_rt.placeholder is None
     with pytest.raises(ValueError, match="no(ne)? .*query encoder|has none"):

@@ -69,7 +69,7 @@ def test_the_runtime_indexes_and_answers_queries_with_torch_unimportable(tiny_bu
     assert ours == [], f"zscir_infer tried to import {ours}"
     assert seen["loaded"] == []
     assert [h["rank"] for h in report["answer"]["results"]] == [1, 2, 3]
-    assert set(report["queries"]) == {"phi", "slerp", "image", "text", "average"}
+    assert set(report["queries"]) == {"phi", "slerp", "image", "text", "average", "sum"}
     assert (tmp_path / "s.png").is_file()
 
 

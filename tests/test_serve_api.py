@@ -26,7 +26,7 @@ from zscir_infer.serve import ServeConfig, create_app  # noqa: E402
 N_IMAGES = 24
 SCORE_TOL = 1e-6
 TOKEN = "t0ken-for-the-serve-tests-0123456789"
-METHODS = ["phi", "slerp", "image", "text", "average"]
+METHODS = ["phi", "slerp", "image", "text", "average", "sum"]
 TEXTS = ["as a sketch", "make it red", "with a dog", "on a beach at night", "smaller", "two of them"]
 runner = CliRunner()
 

@@ -21,7 +21,7 @@ def test_baselines_match_the_world_report(train_world, tiny_weights, lincir_phi,
     from rich.console import Console
 
     report = score_world(train_world, "zscir-tiny", str(tiny_weights), lincir_phi, None, None, 0.8, Console(quiet=True))
-    assert list(report["rows"]) == ["lincir", "slerp", "image", "text", "average"]
+    assert list(report["rows"]) == ["lincir", "slerp", "sum", "image", "text", "average"]
     assert report["rows"]["lincir"]["run"]["steps"] == 2
     backbone = load_backbone("zscir-tiny", str(tiny_weights))
     cirr, _ = cirr_scores(backbone, train_world, 0.8)

@@ -76,7 +76,8 @@ BackboneName = Annotated[
     typer.Option(
         "--backbone",
         help="With --torch: the open_clip backbone when the checkpoint does not name it (official "
-        "ones); alone: the PyTorch reference without phi (slerp, baselines).",
+        "ones); alone: the PyTorch reference without phi (slerp, sum, baselines); also a Hugging Face CLIP "
+        "folder or a preset (bge-vl-base, bge-vl-large).",
     ),
 ]
 Pretrained = Annotated[
@@ -85,7 +86,8 @@ Pretrained = Annotated[
 Split = Annotated[
     str, typer.Option("--split", help="val, or test (CIRR test1, CIRCO test): writes the submission files.")
 ]
-MethodOpt = Annotated[Method, typer.Option("--method", help="phi (pseudo-token), slerp, or a baseline.")]
+MethodOpt = Annotated[Method, typer.Option(
+    "--method", help="phi (pseudo-token), slerp, sum (normalize(raw image + raw text), BGE-VL's), or a baseline.")]
 Template = Annotated[
     str | None,
     typer.Option(
@@ -167,7 +169,8 @@ def torch_encoder(ckpt: Path | None, backbone_name: str | None, pretrained: str 
         check_dims(meta, backbone, ckpt)
     # the preprocessing its authors evaluate with, as `zscir-export` gives the bundle: SEARLE's target pad
     backbone = with_preprocess(backbone, TARGETPAD if meta is not None and meta.method == SEARLE else CLIP_PREPROCESS)
-    weights = sha256_file(Path(pretrained)) if pretrained and Path(pretrained).is_file() else pretrained
+    loaded = backbone.pretrained  # a Hugging Face folder (--backbone PATH) names its weights file here
+    weights = sha256_file(Path(loaded)) if loaded and Path(loaded).is_file() else loaded
     # the architecture and preprocessing as loaded, not just the name: a config edited under the same
     # name loads the same weights into another network
     tower = json.dumps({"arch": backbone.arch, "preprocess": backbone.preprocess.to_dict()}, sort_keys=True)

@@ -38,6 +38,7 @@ from zscir_infer.contract import (
 )
 from zscir_infer.contract import (
     CAUSAL_KEY,
+    ENCODER_METHODS,
     IMAGE_ENCODER,
     MANIFEST,
     MANIFEST_SCHEMA,
@@ -52,7 +53,7 @@ from zscir_infer.contract import (
 )
 from zscir_infer.errors import ZscirError
 
-NO_PHI = ": it composes queries without phi (use method slerp, image, text or average)"
+NO_PHI = ": it composes queries without phi (use method sum, slerp, image, text or average)"
 REMEDY = "re-export the bundle with `zscir-export`, or download it again"
 CACHE_ENV = "ZSCIR_CACHE_DIR"
 VERIFIED_FILES = "verified-files.json"
@@ -268,8 +269,11 @@ class Bundle:
 
     @property
     def default_method(self) -> str:
-        """What a query runs unless told otherwise: phi when the bundle has a query encoder, else slerp."""
-        return PHI if self.has_phi else SLERP
+        """What a query runs unless told otherwise: phi when the bundle has a query encoder, else the
+        bundle's method when it is an encoder-only one (sum: BGE-VL-CLIP's), else slerp."""
+        if self.has_phi:
+            return PHI
+        return self.method if self.method in ENCODER_METHODS else SLERP
 
     @property
     def bundle_id(self) -> str:

@@ -108,8 +108,8 @@ def query(
     gallery: GalleryDir = DEFAULT_GALLERY,
     k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="Results per query.")] = 10,
     method: Annotated[Method | None, typer.Option(
-        "--method", help="phi (the bundle's pseudo-token encoder), slerp, or a baseline: image, text, average. "
-        "Default: phi, or slerp for a slerp bundle.", show_default=False)] = None,
+        "--method", help="phi (the bundle's pseudo-token encoder), slerp, sum (BGE-VL: normalized raw image + "
+        "text), or a baseline: image, text, average. Default: the bundle's method.", show_default=False)] = None,
     template: Annotated[str | None, typer.Option(
         "--template", help="phi prompt with {caption} and {placeholder} (or the placeholder written out, e.g. "
         "'a photo of $ that {caption}'), or a template name from the bundle.")] = None,

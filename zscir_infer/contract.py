@@ -29,14 +29,21 @@ from zscir_infer.errors import ZscirError
 # --- query methods ---------------------------------------------------------------------------------------
 PHI = "phi"  # the bundle's pseudo-token query encoder (LinCIR, SEARLE, Pic2Word)
 SLERP, IMAGE, TEXT, AVERAGE = "slerp", "image", "text", "average"
-METHODS = (PHI, SLERP, IMAGE, TEXT, AVERAGE)  # every way the runtime composes a query
-TRAINING_FREE_METHODS = (SLERP, IMAGE, TEXT, AVERAGE)  # need only the image and text encoders
+# normalize(raw image feature + raw text feature): BGE-VL-CLIP's (MegaPairs) composed query, as its evaluation
+# code computes it (FlagEmbedding research/BGE_VL/eval/flag_mmret.py, encode_mm_it: get_text_features +
+# get_image_features, then F.normalize). The features are the UNNORMALIZED projected ones, which is what a
+# bundle's image_encoder and text_encoder graphs output (manifest `normalized_output: false`); the sum of
+# the two unit vectors would be the `average` baseline instead, which differs whenever the norms differ.
+SUM = "sum"
+METHODS = (PHI, SLERP, IMAGE, TEXT, AVERAGE, SUM)  # every way the runtime composes a query
+TRAINING_FREE_METHODS = (SLERP, IMAGE, TEXT, AVERAGE, SUM)  # need only the image and text encoders
 BASELINES = (IMAGE, TEXT, AVERAGE)  # what every evaluation reports beside the method
 
 # --- what a bundle is exported from ----------------------------------------------------------------------
 LINCIR, SEARLE, PIC2WORD = "lincir", "searle", "pic2word"
 PHI_SOURCES = (LINCIR, SEARLE, PIC2WORD)  # checkpoints holding a phi network
-EXPORT_SOURCES = (*PHI_SOURCES, SLERP)  # `zscir-export --method`
+EXPORT_SOURCES = (*PHI_SOURCES, SLERP, SUM)  # `zscir-export --method`
+ENCODER_METHODS = (SLERP, SUM)  # bundles of the two encoders alone; the manifest's method is their default query
 PHI_KINDS = ("lincir", "pic2word")  # the two phi architectures (SEARLE's phi is LinCIR's form)
 
 # --- graphs and tensors of a bundle (the manifest records them; the runtime reads them from there) -------

@@ -4,10 +4,13 @@
     xb = rt.encode_images(["a.jpg", "b.png"])                # [N, D] float32, L2-normalized
     xq = rt.encode_queries([("a.jpg", "as a sketch")])       # phi: pseudo-token in the bundle's template
     xq = rt.encode_queries(pairs, method="slerp", alpha=0.8)  # training-free; also image, text, average
+    xq = rt.encode_queries(pairs, method="sum")               # BGE-VL-CLIP: normalize(raw image + raw text)
 
 Every method gives the same numbers as `zscir_train.reference.TorchReference` on the same inputs
 (the parity tests hold them to the export's golden outputs): templates are filled by the same rules
-as `zscir_train.composed.fill_template`, and slerp / average are the same formulas in numpy float32.
+as `zscir_train.composed.fill_template`, and slerp / average / sum are the same formulas in numpy float32.
+`sum` adds the graphs' raw (unnormalized) features, as BGE-VL's evaluation adds `get_image_features` and
+`get_text_features`; a bundle whose manifest says a graph's output is normalized is refused for it.
 
 Images may be paths, bytes, PIL images or uint8 arrays ([H, W], [H, W, 3] or [H, W, 4]); they are
 loaded by `zscir_infer.preprocess.load_image`, which applies the EXIF orientation (see there).
@@ -51,7 +54,9 @@ from zscir_infer.contract import (
     PIXELS,
     QUERY_ENCODER,
     SEQUENCE_AXIS,
+    SLERP,
     SLERP_PARALLEL_COS,
+    SUM,
     TEXT,
     TEXT_ENCODER,
     TOKEN_IDS,
@@ -111,6 +116,14 @@ def slerp(v_img: np.ndarray, v_txt: np.ndarray, alpha: float) -> np.ndarray:
 def average(v_img: np.ndarray, v_txt: np.ndarray) -> np.ndarray:
     """The average baseline: mean of the two normalized features, renormalized."""
     return normalize(normalize(v_img) + normalize(v_txt))
+
+
+def sum_query(v_img: np.ndarray, v_txt: np.ndarray) -> np.ndarray:
+    """BGE-VL-CLIP's composed query: the raw image and text features added, then normalized.
+
+    v_img, v_txt must be the unnormalized projected features (the image and text graphs' outputs); two unit
+    vectors added would give the `average` baseline instead."""
+    return normalize(np.asarray(v_img, dtype=np.float32) + np.asarray(v_txt, dtype=np.float32))
 
 
 def to_pil(image) -> Image.Image:
@@ -337,32 +350,61 @@ class Runtime:
         """Normalized query features [Q, D] for (reference image, modification text) pairs.
 
         method: "phi" (the bundle's pseudo-token encoder; its default when it has one), "slerp" (alpha =
-        text weight, default the bundle's), or the baselines "image", "text", "average". The template
-        applies to phi only; the other methods use the text as given.
+        text weight, default the bundle's), "sum" (normalize(raw image + raw text), BGE-VL-CLIP's), or the
+        baselines "image", "text", "average". Default: the bundle's method (`Bundle.default_method`). The
+        template applies to phi only; the other methods use the text as given.
         """
         method = method or self.default_method
-        if method not in METHODS:
-            raise InputError(f"Unknown method {method!r}: use one of {METHODS}.")
-        if alpha is not None and not 0.0 <= alpha <= 1.0:
-            raise InputError(f"alpha is the text weight of slerp and must be in [0, 1], got {alpha}.")
+        self.check_method(method, alpha)
         queries = list(queries)
         images, texts = [q[0] for q in queries], [q[1] for q in queries]
         if method == PHI:
             return self._encode_phi(images, texts, template)
-        if method == TEXT:
-            return self.encode_texts(texts)
-        v_img = self._image_features_of(images)
-        if method == IMAGE:
-            return normalize(v_img)
-        v_txt = self.text_features(texts)
-        if method == AVERAGE:
-            return average(v_img, v_txt)
-        return slerp(v_img, v_txt, self.bundle.slerp_alpha if alpha is None else alpha)
+        v_img = self._image_features_of(images) if method != TEXT else None
+        v_txt = self.text_features(texts) if method != IMAGE else None
+        return self.compose(method, v_img, v_txt, alpha)
 
-    def _encode_phi(self, images: list, texts: list[str], template: str | None) -> np.ndarray:
-        if not self.bundle.has_phi:  # fail before any image is decoded
+    def check_method(self, method: str, alpha: float | None = None) -> None:
+        """Refuse, before any work, a method this bundle cannot run or an alpha out of range."""
+        if method not in METHODS:
+            raise InputError(f"Unknown method {method!r}: use one of {', '.join(METHODS)}.")
+        if method == PHI and not self.bundle.has_phi:
             raise InputError(f"Method 'phi' needs a query encoder; bundle {self.bundle.path} "
                              f"(method {self.bundle.method}) has none{NO_PHI}.")
+        if alpha is not None and not 0.0 <= alpha <= 1.0:
+            raise InputError(f"alpha is the text weight of slerp and must be in [0, 1], got {alpha}.")
+        if method == SUM:
+            self.check_raw_features()
+
+    def compose(self, method: str, v_img: np.ndarray | None, v_txt: np.ndarray | None,
+                alpha: float | None = None) -> np.ndarray:
+        """A training-free query [Q, D] (unit) from raw image and text features [Q, D] (None where unused).
+
+        The one place the methods other than phi are computed: `encode_queries` and the server call it."""
+        if method == TEXT:
+            return normalize(v_txt)
+        if method == IMAGE:
+            return normalize(v_img)
+        if method == AVERAGE:
+            return average(v_img, v_txt)
+        if method == SUM:
+            return sum_query(v_img, v_txt)
+        if method == SLERP:
+            return slerp(v_img, v_txt, self.bundle.slerp_alpha if alpha is None else alpha)
+        raise InputError(f"Method {method!r} is not a training-free method (phi runs the query encoder).")
+
+    def check_raw_features(self) -> None:
+        """`sum` adds raw features: refuse a bundle whose image or text graph says it normalizes its output."""
+        graphs = self.bundle.manifest["graphs"]
+        for graph in (IMAGE_ENCODER, TEXT_ENCODER):
+            normalized = [p for p, entry in graphs.get(graph, {}).items() if entry.get("normalized_output")]
+            if normalized:
+                raise BundleError(
+                    f"Bundle {self.bundle.path}: its {graph} ({', '.join(normalized)}) outputs normalized features, "
+                    "but method 'sum' adds the raw (unnormalized) image and text features; re-export the bundle "
+                    "with this zscir, or use method 'average'.")
+
+    def _encode_phi(self, images: list, texts: list[str], template: str | None) -> np.ndarray:
         template = self.template(template)
         prompts = [fill_template(template, t, self.placeholder) for t in texts]
         parts = []

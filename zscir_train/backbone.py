@@ -2,7 +2,9 @@
 
 `load_backbone("ViT-L-14", "openai")` gives the model the papers use; `load_backbone("zscir-tiny")` a tiny
 random one for tests; `load_backbone("path/to/arch.json", "weights.safetensors")` a custom architecture
-(the shapes-world CLIP is defined this way).
+(the shapes-world CLIP is defined this way); `load_backbone("path/to/hf-folder")` a Hugging Face `transformers`
+CLIP checkpoint folder converted to open_clip, and `load_backbone("bge-vl-base")` a preset naming one
+(`zscir_train.hf_clip`).
 
 Activation. OpenAI's CLIP (what LinCIR, SEARLE and Pic2Word are trained on) uses QuickGELU in its MLPs;
 open_clip >= 2.24 builds a plain name ("ViT-L-14") with nn.GELU even for the `openai` tag and only warns.
@@ -37,6 +39,8 @@ OPENAI_TAG = "openai"
 OPENAI_STATE_KEYS = ("input_resolution", "context_length", "vocab_size")
 TORCHSCRIPT_MARKERS = ("/constants.pkl", "/code/")  # members of a TorchScript zip archive
 TAT_FORMAT = "zscir-tat"  # zscir_train.training.tat's checkpoint format (metadata key "zscir")
+CLIP_FT_FORMAT = "zscir-clip"  # zscir_train.training.sum_tune's: a whole CLIP fine-tuned for the sum query
+TUNED_FORMATS = (TAT_FORMAT, CLIP_FT_FORMAT)  # whole-CLIP checkpoints recording their activation and base
 OPEN_CLIP_MISMATCH_WARNING = "QuickGELU mismatch"  # open_clip's own, replaced by ActivationMismatchWarning
 
 
@@ -69,6 +73,7 @@ class Backbone:
     tokenizer: object = field(repr=False)  # open_clip tokenizer: list[str] -> LongTensor [B, context_length]
     arch: dict = field(default_factory=dict, repr=False)  # the open_clip model config
     activation: str | None = None  # the towers' MLP activation: quick_gelu | gelu (None: neither, e.g. timm)
+    huggingface: dict | None = None  # set when converted from a Hugging Face CLIP folder (zscir_train.hf_clip)
 
     @property
     def source(self) -> str:
@@ -130,7 +135,7 @@ def _file_activation(path: Path) -> str | None:
         return QUICK_GELU
     if path.suffix == ".safetensors":
         meta = _safetensors_zscir_metadata(path)
-        if meta.get("format") != TAT_FORMAT:
+        if meta.get("format") not in TUNED_FORMATS:
             return None
         if meta.get("activation") in ACTIVATIONS:
             return meta["activation"]
@@ -258,15 +263,61 @@ def _embed_dim(model: torch.nn.Module) -> int:
     return int(proj.out_features if isinstance(proj, torch.nn.Linear) else proj.shape[1])
 
 
+def _load_hf_backbone(name: str, pretrained: str | None, device, activation: str | None) -> Backbone:
+    """A Hugging Face CLIP folder (or a preset naming one) as an open_clip Backbone.
+
+    pretrained: None (the folder's weights), or a weights file to load instead: a Hugging Face CLIPModel state
+    dict, or an open_clip one of the same architecture (a TAT or fine-tuned checkpoint made from this folder).
+    """
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from zscir_train.hf_clip import PRESETS, convert_state_dict, load_hf_clip, read_state, resolve_preset
+
+    folder = resolve_preset(name) if name in PRESETS else Path(name)
+    hf = load_hf_clip(folder, activation, device, hub_id=PRESETS.get(name))
+    if activation is not None and activation != hf.activation:
+        warnings.warn(f"{name}: the weights were trained with {hf.activation} but the model is built with "
+                      f"{activation} as requested; its features differ from the checkpoint's own model.",
+                      ActivationMismatchWarning, stacklevel=3)
+    weights = str(folder / hf.info["weights"])
+    if pretrained is not None and Path(pretrained).resolve() != Path(weights).resolve():
+        if not os.path.isfile(pretrained):
+            raise BackboneError(f"Pretrained weights file {pretrained} does not exist.")
+        state = read_state(Path(pretrained))
+        if any(k.startswith(("text_model.", "vision_model.")) for k in state):
+            state = convert_state_dict(state, hf.arch, Path(pretrained))
+        try:
+            hf.model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise BackboneError(f"{pretrained} does not hold weights of {name}'s architecture: {exc}") from exc
+        weights = pretrained
+    hf.model.eval().requires_grad_(False)
+    pp = hf.preprocess
+    transform = open_clip.image_transform(pp.image_size, is_train=False, mean=pp.mean, std=pp.std,
+                                          resize_mode=pp.resize_mode, interpolation=pp.interpolation)
+    return Backbone(
+        model=hf.model, name=str(name), pretrained=weights, embed_dim=_embed_dim(hf.model),
+        width=_text_width(hf.model), context_length=hf.context_length, preprocess=pp, transform=transform,
+        tokenizer=SimpleTokenizer(context_length=hf.context_length), arch=hf.arch,
+        activation=model_activation(hf.model), huggingface=hf.info,
+    )
+
+
 def load_backbone(name: str, pretrained: str | None = None, *, device: str | torch.device = "cpu",
                   activation: str | None = None) -> Backbone:
     """An open_clip CLIP, frozen in eval mode, with its preprocessing and tokenizer.
 
     name: a registered open_clip name ("ViT-L-14"), one of zscir's configs ("zscir-tiny", "world-clip"),
-    or a path to an architecture JSON. pretrained: an open_clip tag ("openai"), a local weights file,
-    or None for random weights (tests, benchmarks of speed). activation: "quick_gelu" or "gelu" to
-    override the one the weights were trained with (module docstring); None: the weights'.
+    or a path to an architecture JSON; or a Hugging Face CLIP checkpoint folder (config.json + weights) or a
+    preset naming one (bge-vl-base, bge-vl-large), converted by `zscir_train.hf_clip`. pretrained: an
+    open_clip tag ("openai"), a local weights file, or None for random weights (tests, benchmarks of speed;
+    for a Hugging Face folder: its own weights). activation: "quick_gelu" or "gelu" to override the one the
+    weights were trained with (module docstring); None: the weights'.
     """
+    from zscir_train.hf_clip import PRESETS, is_hf_folder
+
+    if str(name) in PRESETS or is_hf_folder(name):
+        return _load_hf_backbone(str(name), pretrained, device, activation)
     register_model_configs()
     name = _register_architecture(str(name))
     if name not in open_clip.list_models():

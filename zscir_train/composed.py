@@ -138,3 +138,11 @@ def slerp(v_img: torch.Tensor, v_txt: torch.Tensor, alpha: float) -> torch.Tenso
 def average(v_img: torch.Tensor, v_txt: torch.Tensor) -> torch.Tensor:
     """The average baseline: mean of the two normalized features, renormalized."""
     return F.normalize(F.normalize(v_img, dim=-1) + F.normalize(v_txt, dim=-1), dim=-1, eps=NORM_EPS)
+
+
+def sum_query(v_img: torch.Tensor, v_txt: torch.Tensor) -> torch.Tensor:
+    """BGE-VL-CLIP's composed query: normalize(raw image feature + raw text feature).
+
+    The inputs are the unnormalized projected features (`encode_image` / `encode_text`, Hugging Face's
+    `get_image_features` / `get_text_features`), added as BGE-VL's evaluation code adds them."""
+    return F.normalize(v_img + v_txt, dim=-1, eps=NORM_EPS)

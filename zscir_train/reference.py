@@ -18,12 +18,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zscir_infer.contract import AVERAGE, DEFAULT_SLERP_ALPHA, IMAGE, METHODS, PHI, TEXT, fill_template
+from zscir_infer.contract import AVERAGE, DEFAULT_SLERP_ALPHA, IMAGE, METHODS, PHI, SUM, TEXT, fill_template
 from zscir_infer.errors import UsageError
 from zscir_infer.preprocess import load_image
 from zscir_train.backbone import Backbone
 from zscir_train.checkpoint import PhiMeta
-from zscir_train.composed import ComposedQueryEncoder, average, placeholder_token_id, slerp
+from zscir_train.composed import ComposedQueryEncoder, average, placeholder_token_id, slerp, sum_query
 
 DEFAULT_BATCH_SIZE = 32
 
@@ -108,6 +108,8 @@ class TorchReference:
             out = F.normalize(v_txt, dim=-1)
         elif method == AVERAGE:
             out = average(v_img, v_txt)
+        elif method == SUM:
+            out = sum_query(v_img, v_txt)
         else:
             out = slerp(v_img, v_txt, self.alpha if alpha is None else alpha)
         return out.numpy().astype(np.float32)

@@ -55,7 +55,7 @@ from zscir_train import __version__
 from zscir_train.composed import is_causal_text_tower, placeholder_token_id
 from zscir_train.reference import TorchReference
 
-SLERP_TEMPLATE = "{caption}"  # slerp encodes the caption raw, without a template
+SLERP_TEMPLATE = "{caption}"  # slerp and sum encode the caption raw, without a template
 VERSIONED_PACKAGES = ("torch", "onnx", "onnxruntime", "open_clip_torch")
 
 
@@ -131,10 +131,15 @@ def _pretrained_label(pretrained: str | None) -> str | None:
 
 
 def _backbone_entry(backbone) -> dict:
-    entry = {"name": backbone.name, "pretrained": _pretrained_label(backbone.pretrained), "arch": backbone.arch,
+    """manifest["backbone"]; a Hugging Face folder is named by its folder name (no machine paths in a bundle)
+    and described by backbone.huggingface (config and weights sha256)."""
+    name = Path(backbone.name).name if backbone.huggingface else backbone.name
+    entry = {"name": name, "pretrained": _pretrained_label(backbone.pretrained), "arch": backbone.arch,
              "activation": backbone.activation}
     if backbone.pretrained and Path(backbone.pretrained).is_file():
         entry["pretrained_sha256"] = sha256_file(Path(backbone.pretrained))
+    if backbone.huggingface:
+        entry["huggingface"] = dict(backbone.huggingface)
     return entry
 
 

@@ -4,6 +4,7 @@
     zscir-export --ckpt lincir_vitl.pt --model ViT-L-14 --pretrained openai --out bundle/ --force
     zscir-export --method slerp --model ViT-B-32 --pretrained laion2b_s34b_b79k --int8
     zscir-export --ckpt tat.safetensors --triton models/ --triton-kind gpu --triton-tensorrt
+    zscir-export --method sum --model path/to/BGE-VL-base      # a Hugging Face CLIP folder (or: bge-vl-base)
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ app = typer.Typer(add_completion=False, help="Export a zscir model to a validate
 Ckpt = Annotated[Path | None, typer.Option(
     "--ckpt", help="zscir phi or TAT checkpoint (.safetensors), or an official LinCIR/SEARLE/Pic2Word .pt.")]
 Model = Annotated[str | None, typer.Option(
-    "--model", help="open_clip model name or architecture JSON (needed for official checkpoints and slerp).")]
+    "--model", help="open_clip model name, architecture JSON, Hugging Face CLIP folder (config.json + weights) or "
+    "preset (bge-vl-base, bge-vl-large); needed for official checkpoints, slerp and sum.")]
 Pretrained = Annotated[str | None, typer.Option("--pretrained", help="open_clip pretrained tag or weights file.")]
 Method = Annotated[str | None, typer.Option(
-    "--method", help=f"One of {', '.join(EXPORT_SOURCES)}; 'searle' for an official SEARLE file; 'slerp' needs no --ckpt.")]
+    "--method", help=f"One of {', '.join(EXPORT_SOURCES)}; 'searle' for an official SEARLE file; 'slerp' and 'sum' "
+    "(normalize(raw image + raw text), BGE-VL's query) need no --ckpt.")]
 Preprocess = Annotated[str | None, typer.Option(
     "--preprocess", help=f"Image preprocessing the bundle records: {' or '.join(PREPROCESS_CHOICES)} (SEARLE's pad to "
     f"ratio {SEARLE_TARGET_RATIO}, then clip's). Default: targetpad for --method searle, as its authors evaluate; clip otherwise.")]

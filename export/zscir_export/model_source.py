@@ -5,8 +5,12 @@
 - an official LinCIR / SEARLE (`{'Phi': ...}`) or Pic2Word (`{'state_dict_img2text': ...}`) `.pt`, which
   does not record its backbone: --model and --pretrained say which;
 - a TAT checkpoint (safetensors, zscir metadata format "zscir-tat": the whole CLIP with the tuned image
-  encoder merged), exported as a slerp bundle with the tuned weights.
-`--method slerp` without --ckpt exports a backbone's encoders alone (--model, --pretrained).
+  encoder merged), exported as a slerp bundle with the tuned weights;
+- a fine-tuned CLIP (format "zscir-clip", `zscir_train.training.sum_tune`: the whole CLIP tuned for the sum
+  query), exported as a sum bundle with the tuned weights.
+`--method slerp` or `--method sum` without --ckpt exports a backbone's encoders alone (--model, --pretrained);
+--model may be a Hugging Face CLIP folder (`config.json` + weights) or a preset such as `bge-vl-base`
+(`zscir_train.hf_clip`): `zscir-export --method sum --model PATH_TO_HF_FOLDER` gives a BGE-VL bundle.
 `--preprocess` picks the image preprocessing the bundle records: "clip" (open_clip's eval transform) or
 "targetpad" (SEARLE's); SEARLE exports with targetpad by default, as its authors evaluate.
 """
@@ -22,10 +26,12 @@ from torch import nn
 
 from zscir_infer.contract import (
     CLIP_PREPROCESS,
+    ENCODER_METHODS,
     EXPORT_SOURCES,
     PREPROCESS_CHOICES,
     SEARLE,
     SLERP,
+    SUM,
     TARGETPAD,
     sha256_file,
 )
@@ -35,6 +41,8 @@ from zscir_train.checkpoint import METADATA_KEY, PhiMeta, check_dims, load_phi_c
 from zscir_train.targetpad import with_preprocess
 
 TAT_FORMAT = "zscir-tat"
+CLIP_FT_FORMAT = "zscir-clip"  # zscir_train.training.sum_tune's checkpoint: a whole CLIP, fine-tuned
+TUNED_FORMATS = {TAT_FORMAT: ("tat", SLERP), CLIP_FT_FORMAT: ("clip-ft", SUM)}  # format -> (source kind, method)
 SAFETENSORS_MAGIC_LEN = 9  # 8-byte header length, then the JSON header's "{"
 
 
@@ -45,7 +53,7 @@ class ExportSourceError(ZscirError, ValueError):
 @dataclass
 class ExportSource:
     backbone: Backbone
-    method: str  # lincir | searle | pic2word | slerp
+    method: str  # lincir | searle | pic2word | slerp | sum
     phi: nn.Module | None = None
     meta: PhiMeta | None = None
     info: dict = field(default_factory=dict)  # the manifest's `source`: what was exported, with sha256
@@ -69,28 +77,32 @@ def _safetensors_metadata(path: Path) -> dict | None:
 
 
 def _tat_source(ckpt: Path, meta: dict, model: str | None, pretrained: str | None, method: str | None) -> ExportSource:
-    if method not in (None, SLERP):
+    """A TAT checkpoint (slerp by default) or a fine-tuned CLIP (sum by default): the whole CLIP's weights."""
+    kind, default_method = TUNED_FORMATS[meta["format"]]
+    what = "a TAT checkpoint (a tuned image encoder for slerp)" if kind == "tat" else \
+        "a fine-tuned CLIP (for the sum query)"
+    if method not in (None, *ENCODER_METHODS):
         raise ExportSourceError(
-            f"{ckpt} is a TAT checkpoint (a tuned image encoder for slerp), not a phi: drop --method {method} "
-            "or pass --method slerp."
+            f"{ckpt} is {what}, not a phi: drop --method {method} or pass --method {default_method}."
         )
     if pretrained is not None:
         raise ExportSourceError(
-            f"{ckpt} is a TAT checkpoint and holds the backbone weights itself: drop --pretrained {pretrained}."
+            f"{ckpt} is {what} and holds the backbone weights itself: drop --pretrained {pretrained}."
         )
     name = model or meta.get("base")
     if not name:
         raise ExportSourceError(f"{ckpt} does not name its base model: pass --model (e.g. ViT-L-14).")
     backbone = load_backbone(name, str(ckpt), activation=meta.get("activation"))
-    info = {"kind": "tat", "checkpoint": ckpt.name, "checkpoint_sha256": sha256_file(ckpt),
-            "base_pretrained": meta.get("base_pretrained"), "lora": meta.get("lora", {})}
-    return ExportSource(backbone, SLERP, info=info)
+    info = {"kind": kind, "checkpoint": ckpt.name, "checkpoint_sha256": sha256_file(ckpt),
+            "base_pretrained": meta.get("base_pretrained") and Path(meta["base_pretrained"]).name}
+    info |= {"lora": meta.get("lora", {})} if kind == "tat" else {"training": meta.get("training", {})}
+    return ExportSource(backbone, method or default_method, info=info)
 
 
 def _phi_source(ckpt: Path, model: str | None, pretrained: str | None, method: str | None) -> ExportSource:
-    if method == SLERP:
+    if method in ENCODER_METHODS:
         raise ExportSourceError(
-            f"--method slerp exports no phi, but {ckpt} is a phi checkpoint: drop --ckpt (and pass --model), or "
+            f"--method {method} exports no phi, but {ckpt} is a phi checkpoint: drop --ckpt (and pass --model), or "
             "drop --method to export the phi."
         )
     phi, meta = load_phi_checkpoint(ckpt, method=method)
@@ -129,19 +141,21 @@ def resolve_source(ckpt: str | Path | None, model: str | None = None, pretrained
     if preprocess is not None and preprocess not in PREPROCESS_CHOICES:
         raise ExportSourceError(f"Unknown preprocessing '{preprocess}': use one of {PREPROCESS_CHOICES}.")
     if ckpt is None:
-        if method != SLERP:
+        if method not in ENCODER_METHODS:
             raise ExportSourceError(
-                "Nothing to export: pass --ckpt (a zscir, LinCIR, SEARLE, Pic2Word or TAT checkpoint), or "
-                "--method slerp --model NAME [--pretrained TAG|PATH] for the encoders alone."
+                "Nothing to export: pass --ckpt (a zscir, LinCIR, SEARLE, Pic2Word, TAT or fine-tuned CLIP "
+                "checkpoint), or --method slerp|sum --model NAME [--pretrained TAG|PATH] for the encoders alone "
+                "(NAME may be a Hugging Face CLIP folder, e.g. BGE-VL's: --method sum --model PATH)."
             )
         if model is None:
-            raise ExportSourceError("--method slerp needs --model (e.g. ViT-L-14) and usually --pretrained.")
+            raise ExportSourceError(f"--method {method} needs --model (e.g. ViT-L-14 with --pretrained, or a Hugging "
+                                    "Face CLIP folder).")
         backbone = load_backbone(model, pretrained)
-        return _preprocessed(ExportSource(backbone, SLERP, info={"kind": "backbone"}), preprocess)
+        return _preprocessed(ExportSource(backbone, method, info={"kind": "backbone"}), preprocess)
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise ExportSourceError(f"Checkpoint {ckpt} does not exist.")
     meta = _safetensors_metadata(ckpt)
-    if meta and meta.get("format") == TAT_FORMAT:
+    if meta and meta.get("format") in TUNED_FORMATS:
         return _preprocessed(_tat_source(ckpt, meta, model, pretrained, method), preprocess)
     return _preprocessed(_phi_source(ckpt, model, pretrained, method), preprocess)

@@ -26,14 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from zscir_infer.contract import (
-    AVERAGE,
     IMAGE,
     IMAGE_ENCODER,
     IMAGE_FEATURES,
-    METHODS,
     PHI,
     QUERY_ENCODER,
-    SLERP,
     TEXT,
     TEXT_ENCODER,
     TOKEN_IDS,
@@ -42,7 +39,7 @@ from zscir_infer.contract import (
 from zscir_infer.errors import InputError, ZscirError
 from zscir_infer.gallery import Gallery, GalleryError, GalleryItem
 from zscir_infer.preprocess import DEFAULT_MAX_PIXELS, load_and_preprocess
-from zscir_infer.runtime import Runtime, average, normalize, slerp
+from zscir_infer.runtime import Runtime
 from zscir_infer.serve.batching import Batcher
 from zscir_infer.serve.metrics import Metrics
 
@@ -225,6 +222,11 @@ def _shown(text: str) -> str:
     return repr(text if len(text) <= MAX_SHOWN_TEXT else text[:MAX_SHOWN_TEXT] + "...")
 
 
+async def _ready(value):
+    """await an awaitable; pass None through (a feature a method does not use)."""
+    return None if value is None else await value
+
+
 @dataclass
 class Query:
     """One composed query as the server receives it: pixels (None for the text method) and text."""
@@ -293,12 +295,8 @@ class Generation:
                             "the rest was dropped.")
         return ids[0]
 
-    def check_method(self, method: str) -> None:
-        if method not in METHODS:
-            raise InputError(f"Unknown method {method!r}: use one of {', '.join(METHODS)}.")
-        if method == PHI and not self.runtime.bundle.has_phi:
-            raise InputError(f"Method 'phi' needs a query encoder; this bundle (method {self.runtime.bundle.method}) "
-                             f"has none: use one of {', '.join(m for m in METHODS if m != PHI)}.")
+    def check_method(self, method: str, alpha: float | None = None) -> None:
+        self.runtime.check_method(method, alpha)
 
     async def image_features(self, pixels: np.ndarray) -> np.ndarray:
         return await self.batchers[IMAGE_ENCODER].submit(pixels)
@@ -308,11 +306,7 @@ class Generation:
 
     async def encode(self, q: Query) -> tuple[np.ndarray, np.ndarray | None]:
         """The unit query vector [D], and the unnormalized image feature [D] (None for the text method)."""
-        self.check_method(q.method)
-        if q.alpha is not None and not 0.0 <= q.alpha <= 1.0:
-            raise InputError(f"alpha is the text weight of slerp and must be in [0, 1], got {q.alpha}.")
-        if q.method == TEXT:
-            return normalize(await self.text_features(q.text, q.warnings)), None
+        self.check_method(q.method, q.alpha)
         if q.method == PHI:
             prompt = fill_template(self.runtime.template(q.template), q.text, self.runtime.placeholder)
             ids = self.token_ids(prompt, q.warnings)
@@ -321,16 +315,12 @@ class Generation:
                                   "truncation: the reference image does not reach this query.")
             v_img = await self.image_features(q.pixels)
             return await self.batchers[QUERY_ENCODER].submit((v_img, ids)), v_img
-        if q.method == IMAGE:
-            v_img = await self.image_features(q.pixels)
-            return normalize(v_img), v_img
-        v_img, v_txt = await asyncio.gather(self.image_features(q.pixels), self.text_features(q.text, q.warnings))
-        if q.method == AVERAGE:
-            return average(v_img, v_txt), v_img
-        if q.method == SLERP:
-            alpha = self.runtime.bundle.slerp_alpha if q.alpha is None else q.alpha
-            return slerp(v_img, v_txt, alpha), v_img
-        raise InputError(f"Method {q.method!r} is not served by this zscir.")
+        v_img = self.image_features(q.pixels) if q.method != TEXT else None
+        v_txt = self.text_features(q.text, q.warnings) if q.method != IMAGE else None
+        v_img, v_txt = await asyncio.gather(*(_ready(v) for v in (v_img, v_txt)))
+        one = self.runtime.compose(q.method, None if v_img is None else v_img[None],
+                                   None if v_txt is None else v_txt[None], q.alpha)  # [1, D]
+        return one[0], v_img
 
     # --- lifetime ----------------------------------------------------------------------------------------------
     def try_enter(self) -> bool:

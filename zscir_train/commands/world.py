@@ -93,6 +93,10 @@ def world_eval(
     lincir: Annotated[Path | None, typer.Option(help="A phi written by `zscir-train lincir`.")] = None,
     pic2word: Annotated[Path | None, typer.Option(help="A phi written by `zscir-train pic2word`.")] = None,
     tat: Annotated[Path | None, typer.Option(help="Merged CLIP weights written by `zscir-train tat`.")] = None,
+    sum_tuned: Annotated[Path | None, typer.Option(
+        help="A CLIP fine-tuned for the sum query by `zscir-train world-sum-tune` (row sum+ft).")] = None,
+    merge: Annotated[bool, typer.Option(
+        help="Keep the rows of --out's existing world.json that this run does not score (same world only).")] = False,
     alpha: SlerpAlpha = DEFAULT_SLERP_ALPHA,
     device: Device = "cpu",
     batch_size: BatchSize = WORLD_EVAL_BATCH,
@@ -101,15 +105,43 @@ def world_eval(
 
     Without --pretrained, world-clip is the committed world-clip weights.
     """
-    from zscir_train.training.world_eval import score_world, write_report
+    from zscir_train.training.world_eval import merge_reports, score_world, write_report
 
     if pretrained is None and model == WORLD_EVAL_MODEL:
         from zscir_train.world import world_clip_path
 
         pretrained = str(world_clip_path())
     report = score_world(world, model, pretrained, lincir, pic2word, tat, alpha, err_console,
-                         device=device, batch_size=batch_size)
+                         device=device, batch_size=batch_size, sum_tuned=sum_tuned)
+    if merge and (out / "world.json").is_file():
+        report = merge_reports(json.loads((out / "world.json").read_text()), report)
     typer.echo(write_report(report, out))
+
+
+def world_sum_tune(
+    world: WorldDir,
+    out: Annotated[Path, typer.Option(help="The fine-tuned CLIP (.safetensors); its run log goes beside it.")],
+    model: Model = WORLD_EVAL_MODEL,
+    pretrained: Pretrained = None,
+    steps: Annotated[int, typer.Option(min=1)] = 300,
+    batch_size: Annotated[int, typer.Option(min=2, help="Triplets per step.")] = 64,
+    lr: Annotated[float, typer.Option(min=0.0)] = 1e-4,
+    triplets: Annotated[int, typer.Option(min=1, help="Train-split triplets drawn (one per image per round).")]
+    = 12_000,
+    tune: Annotated[str, typer.Option(help="head: text tower + image pooling head (CPU minutes); all: both towers.")]
+    = "head",
+    seed: int = 0,
+    threads: Annotated[int, typer.Option(min=1, help="torch CPU threads.")] = 1,
+) -> None:
+    """Fine-tune a CLIP for the sum query (BGE-VL's recipe) on the world's TRAIN composed triplets."""
+    from zscir_train.training.sum_tune import SumTuneConfig, train_sum_tune
+
+    if not str(out).endswith(".safetensors"):
+        raise UsageError(f"--out {out}: the fine-tuned CLIP is written as safetensors; name it *.safetensors.")
+    config = SumTuneConfig(world=str(world), out=str(out), model=model, pretrained=pretrained, steps=steps,
+                           batch_size=batch_size, lr=lr, triplets=triplets, tune=tune, seed=seed, threads=threads)
+    summary = train_sum_tune(config, log=lambda line: err_console.print(line, markup=False, highlight=False))
+    typer.echo(json.dumps({k: summary[k] for k in ("steps", "train_seconds", "first_loss", "last_loss")} | {"out": str(out)}))
 
 
 def register(app: typer.Typer) -> None:
@@ -117,3 +149,4 @@ def register(app: typer.Typer) -> None:
     command(app, "world-clip")(world_clip)
     command(app, "world-report")(world_report)
     command(app, "world-eval")(world_eval)
+    command(app, "world-sum-tune")(world_sum_tune)
