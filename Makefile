@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_PINS)
-	$(BIN)/python -m pip install -q -e '.[cpu,train,serve,milvus,ray,dev]' $(TORCH_PINS)
+	$(BIN)/python -m pip install -q -e '.[cpu,train,serve,milvus,ray,openvino,dev]' $(TORCH_PINS)
 	touch $(STAMP)
 
 demo: setup

@@ -53,6 +53,7 @@ def test_backend_names_parse_and_bad_ones_say_what_exists():
     assert parse_backend("ort-int8").precision == "int8"
     assert parse_backend("ort-cuda-fp16").device == "cuda"
     assert parse_backend("trt-fp16").backend == "trt"
+    assert (parse_backend("openvino-int8").backend, parse_backend("openvino-int8").precision) == ("openvino", "int8")
     with pytest.raises(ValueError, match="ort-PRECISION"):
         parse_backend("onnx-fp32")
 

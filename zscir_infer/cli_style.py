@@ -38,7 +38,7 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 # Options that recur across the tools: one name and one help text each.
 BundleDir = Annotated[Path, typer.Option("--bundle", "-b", envvar="ZSCIR_BUNDLE", help="The bundle directory.")]
 GalleryDir = Annotated[Path, typer.Option("--gallery", "-g", envvar="ZSCIR_GALLERY", help="The gallery directory.")]
-Backend = Annotated[str, typer.Option("--backend", help="ort (ONNX Runtime) or trt (native TensorRT engines).")]
+Backend = Annotated[str, typer.Option("--backend", help="ort (ONNX Runtime), trt (native TensorRT engines) or openvino (OpenVINO, CPU).")]
 Device = Annotated[str, typer.Option(
     "--device", help="Where to run: cpu, cuda[:N], or tensorrt[:N] (ONNX Runtime's TensorRT EP); "
     "for PyTorch, any torch device (cpu, cuda, cuda:1).")]

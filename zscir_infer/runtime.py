@@ -150,6 +150,8 @@ class Runtime:
         kind, self.device_id = parse_device(device)
         if backend == "trt" and kind != "cuda":
             raise BackendError(f"The trt backend runs TensorRT engines on a GPU: use --device cuda, not {device!r}.")
+        if backend == "openvino" and kind != "cpu":
+            raise BackendError(f"The openvino backend runs on the CPU: use --device cpu, not {device!r}.")
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify=verify)
         self.backend, self.device, self.precision = backend, device, precision
         self.batch_size, self.threads = batch_size, threads
@@ -196,7 +198,7 @@ class Runtime:
 
     def _check_precision(self) -> None:
         """An unknown precision fails here, not at the first call."""
-        if self.backend == "ort":
+        if self.backend in ("ort", "openvino"):  # both run the bundle's ONNX graphs
             self.bundle.graph(IMAGE_ENCODER, self.precision)
         elif not self.bundle.engines_for(IMAGE_ENCODER, self.precision):
             built = sorted({(e.graph, e.precision) for e in self.bundle.engines})
@@ -212,12 +214,16 @@ class Runtime:
             return self._sessions[graph]
 
     def _open(self, graph: str):
-        if self.backend == "ort":
-            from zscir_infer.backends.ort import OrtSession
-
+        if self.backend in ("ort", "openvino"):
             spec = self.bundle.graph(graph, self.precision)
             for external in spec.external_data:
                 self.bundle.verified(external)
+            if self.backend == "openvino":
+                from zscir_infer.backends.openvino import OpenVinoSession
+
+                return OpenVinoSession(self.bundle.verified(spec.file), self.device, self.threads)
+            from zscir_infer.backends.ort import OrtSession
+
             return OrtSession(self.bundle.verified(spec.file), self.device, self.threads,
                               cache_key=spec.file.sha256[:16], disabled_optimizers=spec.ort_disabled_optimizers)
         from zscir_infer.backends import trt

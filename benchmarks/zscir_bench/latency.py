@@ -38,6 +38,12 @@ def available_backends(bundle_dir: Path) -> tuple[list[str], dict[str, str]]:
     names = [REFERENCE] + [f"ort-{p}" for p in CPU_PRECISIONS if p in precisions]
     skipped = {f"ort-{p}": "not in the bundle (export with --fp16 / --int8)" for p in CPU_PRECISIONS
                if p not in precisions}
+    try:
+        import openvino  # noqa: F401
+
+        names += [f"openvino-{p}" for p in CPU_PRECISIONS if p in precisions]
+    except ImportError:
+        skipped.update({f"openvino-{p}": "OpenVINO is not installed (the [openvino] extra)" for p in CPU_PRECISIONS})
     providers = ort.get_available_providers()
     for device, provider in (("cuda", "CUDAExecutionProvider"), ("tensorrt", "TensorrtExecutionProvider")):
         for p in ("fp32", "fp16"):

@@ -33,13 +33,13 @@ K = 10
 @dataclass(frozen=True)
 class BackendSpec:
     name: str  # torch | ort-fp32 | ort-cuda-fp16 | ort-tensorrt-fp16 | trt-fp16 ...
-    backend: str  # torch | ort | trt
+    backend: str  # torch | ort | openvino | trt
     device: str = "cpu"  # cpu | cuda | tensorrt (ONNX Runtime's TensorRT provider)
     precision: str = "fp32"
 
 
 def parse_backend(name: str) -> BackendSpec:
-    """'torch', 'ort-fp32', 'ort-int8', 'ort-cuda-fp16', 'ort-tensorrt-fp16' or 'trt-fp16'."""
+    """'torch', 'ort-fp32', 'ort-int8', 'ort-cuda-fp16', 'ort-tensorrt-fp16', 'openvino-fp32' or 'trt-fp16'."""
     parts = name.strip().lower().split("-")
     if parts == ["torch"]:
         return BackendSpec("torch", "torch")
@@ -49,9 +49,11 @@ def parse_backend(name: str) -> BackendSpec:
         return BackendSpec(name, "ort", parts[1], parts[2])
     if parts[0] == "trt" and len(parts) == 2:
         return BackendSpec(name, "trt", "cuda", parts[1])
+    if parts[0] == "openvino" and len(parts) == 2:
+        return BackendSpec(name, "openvino", "cpu", parts[1])
     raise InputError(
-        f"Unknown backend {name!r}: use torch, ort-PRECISION (CPU), ort-cuda-PRECISION, ort-tensorrt-PRECISION "
-        "or trt-PRECISION, with PRECISION fp32, fp16 or int8 (as the bundle has them)."
+        f"Unknown backend {name!r}: use torch, ort-PRECISION (CPU), ort-cuda-PRECISION, ort-tensorrt-PRECISION, "
+        "openvino-PRECISION (CPU) or trt-PRECISION, with PRECISION fp32, fp16 or int8 (as the bundle has them)."
     )
 
 

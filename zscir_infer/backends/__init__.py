@@ -6,13 +6,14 @@ Each backend loads one model file and offers `infer(dict[str, ndarray]) -> dict[
 
 - `ort.OrtSession`: ONNX Runtime on CPU, CUDA, or the TensorRT execution provider.
 - `trt.TrtEngine`: a native TensorRT engine (TensorRT 10+ name-based I/O, `execute_async_v3`).
+- `openvino.OpenVinoSession`: the same ONNX graphs compiled by OpenVINO for the CPU (the `[openvino]` extra).
 """
 
 from __future__ import annotations
 
 from zscir_infer.errors import ZscirError
 
-BACKENDS = ("ort", "trt")
+BACKENDS = ("ort", "trt", "openvino")
 ORT_DEVICES = ("cpu", "cuda", "tensorrt")  # the ONNX Runtime execution provider families
 
 
