@@ -9,9 +9,22 @@ BIN     = $(VENV)/bin
 TORCH_PINS = torch==2.14.1 torchvision==0.29.1
 STAMP   = $(VENV)/.zscir-installed
 
-.PHONY: setup browser demo test test-fast lint clean
+.PHONY: setup browser cpp-deps demo test test-fast lint clean
 
-setup: $(STAMP) browser
+setup: $(STAMP) browser cpp-deps
+
+# cpp/ (zscir_query) builds with these Debian packages and the openvino wheel's C++ headers (the
+# [openvino] extra); tests/test_cpp_query.py builds it. Installed as root; otherwise the C++ tests skip.
+CPP_DEBS = cmake g++ libjpeg-dev libpng-dev libsqlite3-dev nlohmann-json3-dev libfaiss-dev libssl-dev \
+           libblas-dev liblapack-dev
+cpp-deps:
+	@missing=$$(for p in $(CPP_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get install -y -q $$missing >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null)) && echo "installed $$missing"; \
+	  else echo "note: not root: the C++ tests skip until these are installed: sudo apt-get install $$missing"; fi; \
+	fi
 
 # The search page's test drives Debian's Chromium (Playwright uses it through executable_path: no
 # browser download). Installed as root; otherwise the test skips and says why.

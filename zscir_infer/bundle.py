@@ -358,6 +358,8 @@ class Bundle:
             "templates": self.templates,
             "slerp_alpha": self.slerp_alpha,
             "preprocess": self.preprocess.to_dict(),
+            "resize": (m.get("resize") or {}).get("algorithm"),
+            "composition": {k: v for k, v in (m.get("composition") or {}).items() if k in ("norm_eps", "slerp")} or None,
             "graphs": {f"{n}.{p}": {"file": str(g.file.path.relative_to(self.path)),
                                      "bytes": g.file.path.stat().st_size} for (n, p), g in self.graphs.items()},
             "engines": [{"graph": e.graph, "precision": e.precision, "file": str(e.file.path.relative_to(self.path)),

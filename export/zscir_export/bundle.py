@@ -44,7 +44,9 @@ from zscir_infer.contract import (
     DEFAULT_SLERP_ALPHA,
     MANIFEST,
     METHODS,
+    NORM_EPS,
     PLACEHOLDER_ALL,
+    SLERP_PARALLEL_COS,
     TEXT_TOWER_KEY,
     TRAINING_FREE_METHODS,
     PreprocessConfig,
@@ -121,6 +123,7 @@ def _graph_entry(spec: GraphSpec, precision: str, bundle_dir: Path, checks: list
         entry["external_data"] = [_file_entry(bundle_dir, p) for p in external]
     if precision == "fp16":
         entry["onnxruntime"] = {"disabled_optimizers": list(ORT_DISABLED_OPTIMIZERS),
+                                "session_config": {ORT_DISABLE_OPTIMIZERS_KEY: ",".join(ORT_DISABLED_OPTIMIZERS)},
                                 "reason": "microsoft/onnxruntime#28392: NchwcTransformer crashes on fp16 graphs"}
     return entry
 
@@ -182,10 +185,50 @@ def build_manifest(source: ExportSource, alpha: float, tokenizer: dict, graphs: 
         "preprocess": PreprocessConfig.from_dict(backbone.preprocess.to_dict()).to_dict(),
         "tokenizer": tokenizer,
         TEXT_TOWER_KEY: text_tower_entry(backbone),
+        "composition": composition_entry(alpha),
+        "resize": RESIZE_ENTRY,
         "graphs": graphs,
         "engines": engines,
         "golden": golden,
         "exporter": {"tool": "torch.onnx.export(dynamo=False)", "versions": _versions()},
+    }
+
+
+# What a consumer outside Python needs beyond the graphs (issue 16: cpp/ implements exactly these).
+ORT_DISABLE_OPTIMIZERS_KEY = "optimization.disable_specified_optimizers"  # ONNX Runtime session config entry
+RESIZE_ENTRY = {
+    "algorithm": "pillow-resample",
+    "reference": "Pillow's Image.resize(size, BICUBIC or BILINEAR) with reducing_gap None (libImaging/Resample.c), "
+                 "on the decoded 8-bit RGB image; cpp/src/image.cpp implements it",
+    "filter": "bicubic: Keys cubic a = -0.5, support 2; bilinear: triangle, support 1",
+    "antialias": "scale = in / out per axis; the filter is stretched by max(scale, 1) (support * max(scale, 1)); "
+                 "output pixel x samples input pixels [int(c - support + 0.5), int(c + support + 0.5)) clipped to "
+                 "the image, c = (x + 0.5) * scale, weights filter((i - c + 0.5) / max(scale, 1)) divided by their sum",
+    "fixed_point": "each weight w -> (int)(w * 2^22 + 0.5) (w >= 0) or (int)(w * 2^22 - 0.5) (w < 0); a pass sums "
+                   "pixel * weight into an int starting at 2^21, then takes (sum >> 22) clipped to 0..255",
+    "passes": "horizontal pass then vertical pass, each only when that axis changes size; uint8 between passes. "
+              "Pillow 13 may run the vertical pass first when the two axes scale by different factors (squash "
+              "of a non-square image); the aspect-preserving modes (shortest, longest, targetpad) run horizontal first",
+    "decode": "RGB: alpha dropped (not composited), palette expanded, grayscale replicated, 16-bit channels keep "
+              "their high byte, 16-bit grayscale (v + 128) // 257; EXIF orientation applied (ImageOps.exif_transpose)",
+    "normalize": "float32: (v / 255 - mean) / std per channel, CHW",
+}
+
+
+def composition_entry(alpha: float) -> dict:
+    """The query formulas' constants (zscir_infer.runtime), stated for consumers outside Python."""
+    return {
+        "norm_eps": NORM_EPS,
+        "normalize": "x / max(||x||_2, norm_eps), float32",
+        "slerp": {"alpha": alpha, "parallel_cos": SLERP_PARALLEL_COS,
+                  "formula": "a, b = normalize(image), normalize(text); cos = clip(a.b, -1, 1); t = acos(cos); "
+                             "q = normalize(sin((1 - alpha) t) / sin t * a + sin(alpha t) / sin t * b); when "
+                             "|cos| > parallel_cos: q = normalize((1 - alpha) a + alpha b); alpha = text weight"},
+        "average": "normalize(normalize(image) + normalize(text))",
+        "sum": "normalize(image + text) of the raw (unnormalized) image_encoder and text_encoder outputs",
+        "phi": "query_encoder(image_encoder(pixels), token ids of the template filled with the caption); its "
+               "output is already normalized; the placeholder's positions receive phi's token (placeholder.policy)",
+        "texts": "methods other than phi tokenize the caption as given (no template)",
     }
 
 
