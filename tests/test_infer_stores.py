@@ -99,3 +99,37 @@ def test_ids_of_files_match_by_path_and_through_hard_links(tmp_path):
     with Gallery.create(tmp_path / "g", bundle_id="b", embed_dim=D_DIM) as g:
         g.add([f.name for f in files], [str(f) for f in files], xb)
         assert g.ids_of_files([files[2], tmp_path / "link.png", tmp_path / "elsewhere.png"]) == [{2}, {1}, set()]
+
+
+BASE_INSTALL = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("pymilvus", "milvus_lite", "ray", "pyarrow"):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+sys.meta_path.insert(0, Block())
+import numpy as np
+import zscir_infer.cli, zscir_infer.index_cli, zscir_infer.ray_indexing
+from zscir_infer.gallery import STORES, Gallery, GalleryError
+assert set(STORES) == {"faiss", "milvus"}
+root = sys.argv[1]
+with Gallery.create(root + "/f", bundle_id="b", embed_dim=4) as g:
+    g.add(["a"], ["/a"], np.eye(4, dtype=np.float32)[:1])
+    assert g.search(np.eye(4, dtype=np.float32)[:1], 1)[1][0, 0] == 0
+try:
+    Gallery.create(root + "/m", bundle_id="b", embed_dim=4, store="milvus")
+except GalleryError as exc:
+    print(exc)
+import os
+assert not os.path.exists(root + "/m")  # refused before the folder is made
+assert not [m for m in sys.modules if m.split(".")[0] in ("pymilvus", "milvus_lite", "ray", "pyarrow")]
+"""
+
+
+def test_the_base_install_runs_without_pymilvus_or_ray_and_says_what_to_install(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", BASE_INSTALL, str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'zscir[milvus]'" in done.stdout

@@ -4,7 +4,8 @@ A gallery is a directory with `gallery.json` (format, bundle identity `bundle_id
 searched with the bundle that encoded it —, embed dim, dtype, metric, the sources indexed, the vector
 store and its settings), replaced atomically, and the files of its vector store (see
 `zscir_infer.stores`; the default `faiss` store keeps an SQLite id -> name/path table, a float32
-feature file and FAISS index files, and documents its crash safety). `lock` is flock'ed by the one
+feature file and FAISS index files, and documents its crash safety; the `milvus` store keeps its items
+in a Milvus collection, by default Milvus Lite in `gallery.db` inside the directory). `lock` is flock'ed by the one
 writer; SIGKILL releases it.
 
     with Gallery.open("zscir-out/gallery", bundle_id=runtime.bundle_id) as g:
@@ -29,17 +30,17 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from zscir_infer import search as fsearch
 from zscir_infer.atomic import atomic_directory, atomic_write_json
 from zscir_infer.stores import DEFAULT_STORE, GalleryError, GalleryItem, VectorStore
-from zscir_infer.stores.faiss_sqlite import DTYPE, FaissSqliteStore, new_index_section
+from zscir_infer.stores.faiss_sqlite import DTYPE, FaissSqliteStore
+from zscir_infer.stores.milvus import MilvusStore
 
 FORMAT = "zscir-gallery"
 FORMAT_VERSION = 1
 METADATA = "gallery.json"
 LOCK = "lock"
 NORM_TOLERANCE = 1e-3  # features must be L2-normalized (inner product = cosine)
-STORES = {FaissSqliteStore.kind: FaissSqliteStore}
+STORES = {FaissSqliteStore.kind: FaissSqliteStore, MilvusStore.kind: MilvusStore}  # milvus: pymilvus on open
 
 __all__ = ["METADATA", "Gallery", "file_key", "GalleryBundleMismatch", "GalleryError", "GalleryItem", "read_metadata"]
 
@@ -90,15 +91,21 @@ class Gallery:
         bundle: str = "",
         sources: Sequence[dict] = (),
         store: str = DEFAULT_STORE,
+        store_options: dict | None = None,
     ) -> Gallery:
         """A new empty gallery at root (which must not exist), open for writing.
 
         bundle (its path, for messages) and sources ({"kind", "path"} of what is indexed) are recorded.
+        store: `faiss` (embedded, default) or `milvus`; store_options: the milvus store's `uri` (a `.db`
+        for Milvus Lite, relative to root, or http://host:19530) and `collection`.
         """
         root = Path(root)
         if store not in STORES:
             raise GalleryError(f"Unknown gallery store {store!r}: use one of {sorted(STORES)}.")
-        fsearch.check_spec(index_spec, embed_dim)
+        if root.exists():
+            raise GalleryError(f"{root} already exists: open it, or choose another --out.")
+        section = STORES[store].new_section(index_spec, int(embed_dim), root=root, bundle_id=bundle_id,
+                                            **(store_options or {}))
         meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -110,7 +117,7 @@ class Gallery:
             "metric": "inner_product",
             "sources": list(sources),
             "store": store,
-            "index": new_index_section(index_spec),
+            "index": section,
         }
         try:
             with atomic_directory(root) as tmp:
@@ -264,7 +271,15 @@ class Gallery:
                 f"{len(present)} names are already in gallery {self.root}, e.g. {present[:3]}."
             )
 
-    # --- the faiss store's index (zscir-infer index --index / --rebuild) -----------------------------------------
+    # --- the store's index (zscir-infer index --index / --rebuild) ---------------------------------------------
+    @property
+    def store_kind(self) -> str:
+        return self.meta.get("store", DEFAULT_STORE)
+
+    def check_index(self, spec: str, params: dict[str, float], n: int) -> None:
+        """Raise IndexSpecError now for a spec or search parameter this store cannot use at n items."""
+        self.store.check_index(spec, params, n)
+
     def index_is_fresh(self) -> bool:
         return self.store.index_is_fresh()
 
@@ -280,6 +295,7 @@ class Gallery:
 
     @property
     def index(self) -> faiss.Index | None:
+        """The faiss store's search index; None for a store whose index lives in a server (milvus)."""
         return self.store.index
 
     def set_search_params(self, params: dict[str, float]) -> None:

@@ -4,6 +4,9 @@
     zscir-infer index more.txt --out zscir-out/gallery --add                      # another source
     zscir-infer index cirr/image_splits/split.rc2.val.json --out galleries/cirr-val
     zscir-infer index --out zscir-out/gallery --rebuild --index hnsw --ef-search 128  # no re-encoding
+    zscir-infer index photos/ --out g --store milvus                               # Milvus Lite: g/gallery.db
+    zscir-infer index photos/ --out g --store milvus --uri http://host:19530 --collection photos --index hnsw
+    zscir-infer index photos/ --out g --engine ray [--ray-address auto]            # encode on Ray Data actors
 
 Re-running an interrupted command resumes it: images already committed are skipped, the rest are
 encoded, and the index is rebuilt from the stored features. Bad files are reported and skipped.
@@ -46,7 +49,8 @@ from zscir_infer.cli_style import (
     err_console,
 )
 from zscir_infer.errors import UsageError
-from zscir_infer.indexing import DEFAULT_WORKERS, IndexSummary, index_images
+from zscir_infer.gallery import STORES
+from zscir_infer.indexing import DEFAULT_WORKERS, ENGINES, IndexSummary, index_images
 from zscir_infer.preprocess import DEFAULT_MAX_PIXELS
 from zscir_infer.runtime import DEFAULT_BATCH_SIZE
 from zscir_infer.search import NAMED_SPECS
@@ -72,7 +76,8 @@ def index(
     bundle: BundleDir = DEFAULT_BUNDLE,
     out: GalleryOut = DEFAULT_GALLERY,
     index_spec: Annotated[str | None, typer.Option(
-        "--index", help=f"{', '.join(NAMED_SPECS)}, or a faiss index_factory string (e.g. 'IVF1024,Flat'). "
+        "--index", help=f"{', '.join(NAMED_SPECS)}, or a faiss index_factory string (e.g. 'IVF1024,Flat'); "
+        "with --store milvus also ivf_flat or a Milvus index type (HNSW, IVF_SQ8, GPU_CAGRA on a server, ...). "
         "Default: the gallery's current spec (auto for a new gallery).", show_default=False)] = None,
     add: Annotated[bool, typer.Option("--add", help="Add the images of a source the gallery has not seen.")] = False,
     rebuild: Annotated[bool, typer.Option(
@@ -86,11 +91,34 @@ def index(
     precision: Precision = "fp32",
     max_pixels: Annotated[int, typer.Option(
         "--max-pixels", min=1, help="Larger images are skipped (decompression bomb guard).")] = DEFAULT_MAX_PIXELS,
+    store: Annotated[str | None, typer.Option(
+        "--store", help="The vector store of a new gallery: faiss (embedded FAISS + SQLite) or milvus. Default: "
+        "faiss, or the existing gallery's.", show_default=False)] = None,
+    uri: Annotated[str | None, typer.Option(
+        "--uri", help="With --store milvus: a Milvus Lite file (default gallery.db, relative to --out) or a server "
+        "(http://host:19530).", show_default=False)] = None,
+    collection: Annotated[str | None, typer.Option(
+        "--collection", help="With --store milvus: the collection name (default zscir_gallery).",
+        show_default=False)] = None,
+    engine: Annotated[str, typer.Option(
+        "--engine", help="local: decode and encode in this process; ray: on Ray Data actors (the [ray] extra), "
+        "written as Parquet shards, then inserted.")] = "local",
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray-address", help="With --engine ray: a Ray cluster ('auto' joins the one this machine is part of); "
+        "default: start a local one on 127.0.0.1.", show_default=False)] = None,
     as_json: JsonOutput = False,
 ) -> None:
-    """Encode images into a gallery and build its FAISS index; re-run to resume after an interruption."""
+    """Encode images into a gallery and build its index (FAISS, or Milvus); re-run to resume after an interruption."""
     if src is None and not rebuild:
         raise UsageError("Give SRC (a folder, list file or image_splits JSON), or --rebuild to rebuild the index only.")
+    if store is not None and store not in STORES:
+        raise UsageError(f"--store {store!r}: use one of {', '.join(STORES)}.")
+    if (uri is not None or collection is not None) and store not in (None, "milvus"):
+        raise UsageError("--uri and --collection apply to --store milvus.")
+    if engine not in ENGINES:
+        raise UsageError(f"--engine {engine!r}: use one of {', '.join(ENGINES)}.")
+    if ray_address is not None and engine != "ray":
+        raise UsageError("--ray-address applies to --engine ray.")
     params = {k: v for k, v in (("efSearch", ef_search), ("nprobe", nprobe)) if v is not None}
     progress = Progress(SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
                         MofNCompleteColumn(), ImagesPerSecondColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -108,7 +136,8 @@ def index(
         summary = index_images(src, bundle=bundle, gallery=out, add=add, rebuild=rebuild, index=index_spec,
                                search_params=params, batch_size=batch_size, workers=workers,
                                max_pixels=max_pixels, backend=backend, device=device, precision=precision,
-                               on_progress=on_progress, on_building=on_building)
+                               on_progress=on_progress, on_building=on_building, store=store, uri=uri,
+                               collection=collection, engine=engine, ray_address=ray_address)
     except KeyboardInterrupt:
         err_console.print(f"[yellow]Interrupted.[/yellow] Every finished batch is kept in {escape(str(out))}: run the "
                           "same command again to resume.")

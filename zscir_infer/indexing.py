@@ -31,12 +31,13 @@ from zscir_infer.contract import PreprocessConfig
 from zscir_infer.gallery import METADATA, Gallery, GalleryError
 from zscir_infer.preprocess import DEFAULT_MAX_PIXELS, ImageLoadError, load_and_preprocess
 from zscir_infer.runtime import DEFAULT_BATCH_SIZE, Runtime
-from zscir_infer.search import check_search_params
 from zscir_infer.sources import IMAGE_EXTENSIONS, ImageEntry, SourceError, SourceListing, list_images
+from zscir_infer.stores import DEFAULT_STORE
 
 PREFETCH_BATCHES = 2  # batches decoding while one is encoded
 MAX_DEFAULT_WORKERS = 8
 DEFAULT_WORKERS = min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1)
+ENGINES = ("local", "ray")
 
 
 @dataclass
@@ -73,6 +74,11 @@ def index_images(
     precision: str = "fp32",
     on_progress: Callable[[int, int], None] | None = None,
     on_building: Callable[[str], None] | None = None,
+    store: str | None = None,
+    uri: str | None = None,
+    collection: str | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> IndexSummary:
     """Encode the images of `source` into `gallery` and bring its index up to date -> an IndexSummary.
 
@@ -81,7 +87,13 @@ def index_images(
     precision then apply). index: a spec (`auto`, `flat`, `hnsw`, `ivfpq` or a faiss factory string);
     None keeps the gallery's (auto for a new one). search_params: efSearch / nprobe to store.
     on_progress(done, total) after each batch; on_building(spec) before the index is built.
+    store: the vector store of a new gallery, `faiss` (default) or `milvus` (uri: a Milvus Lite `.db`,
+    relative to the gallery, or http://host:19530; collection: its name); an existing gallery keeps its own.
+    engine: `local` (this process) or `ray` (Ray Data actors encode, Parquet shards, then bulk insert;
+    `zscir_infer.ray_indexing`), ray_address: a Ray cluster (default: a local one on loopback).
     """
+    if engine not in ENGINES:
+        raise SourceError(f"--engine {engine!r}: use one of {', '.join(ENGINES)}.")
     if source is None and not rebuild:
         raise SourceError("Give a source (a folder, list file or image_splits JSON), or rebuild=True "
                           "(--rebuild) to rebuild the index only.")
@@ -95,7 +107,8 @@ def index_images(
             runtime = bundle if isinstance(bundle, Runtime) else stack.enter_context(
                 Runtime(bundle, backend, device, precision, batch_size))
         bundle_path = bundle.bundle.path if isinstance(bundle, Runtime) else Path(bundle)
-        g = stack.enter_context(_open_gallery(gallery, runtime, bundle_path, listing, add, index))
+        g = stack.enter_context(_open_gallery(gallery, runtime, bundle_path, listing, add, index,
+                                              StoreChoice(store, uri, collection)))
         if index is not None or search_params:
             _set_index(g, index, dict(search_params or {}), len(listing.entries) if listing else 0)
         summary = IndexSummary(str(g.root), 0, g.meta["index"]["spec"], None,
@@ -103,9 +116,17 @@ def index_images(
         if listing is not None:
             plan = plan_additions(g, listing.entries)
             summary.present, summary.bad = plan.present, summary.bad + plan.bad
-            summary.added, decode_bad = add_images(
-                g, plan.todo, runtime.encode_pixels, runtime.bundle.preprocess, batch_size=batch_size,
-                workers=workers, max_pixels=max_pixels, on_progress=_counter(on_progress, len(plan.todo)))
+            if engine == "ray":
+                from zscir_infer.ray_indexing import add_images_ray
+
+                summary.added, decode_bad = add_images_ray(
+                    g, plan.todo, bundle_path, batch_size=batch_size, max_pixels=max_pixels, address=ray_address,
+                    backend=backend, device=device, precision=precision,
+                    on_progress=_counter(on_progress, len(plan.todo)))
+            else:
+                summary.added, decode_bad = add_images(
+                    g, plan.todo, runtime.encode_pixels, runtime.bundle.preprocess, batch_size=batch_size,
+                    workers=workers, max_pixels=max_pixels, on_progress=_counter(on_progress, len(plan.todo)))
             summary.bad += decode_bad
         if on_building is not None:
             on_building(g.meta["index"]["spec"])
@@ -133,20 +154,46 @@ def _set_index(gallery: Gallery, spec: str | None, params: dict[str, float], n_n
     """Store the index spec and search parameters, checked for the size the gallery will have."""
     spec = spec or gallery.meta["index"]["spec"]
     params = {**gallery.meta["index"]["params"], **params}
-    check_search_params(spec, gallery.count + n_new, gallery.embed_dim, params)
+    gallery.check_index(spec, params, gallery.count + n_new)
     gallery.set_index_spec(spec, params)
 
 
+@dataclass(frozen=True)
+class StoreChoice:
+    """--store, --uri, --collection as given (None: not given)."""
+
+    store: str | None = None
+    uri: str | None = None
+    collection: str | None = None
+
+    def check_against(self, gallery: Gallery) -> None:
+        """An existing gallery keeps its store: options that say otherwise are refused, not ignored."""
+        kind = gallery.store_kind
+        section = gallery.meta["index"]
+        wanted = {"store": (self.store, kind), "uri": (self.uri, section.get("uri")),
+                  "collection": (self.collection, section.get("collection"))}
+        for option, (given, actual) in wanted.items():
+            if given is not None and given != actual:
+                gallery.close()
+                raise GalleryError(
+                    f"Gallery {gallery.root} uses {option} {actual!r}, not {given!r}: drop --{option} to use the "
+                    "gallery as it is, or choose another --out for a new gallery.")
+
+
 def _open_gallery(out: Path, runtime: Runtime | None, bundle: Path, listing: SourceListing | None, add: bool,
-                  index_spec: str | None) -> Gallery:
+                  index_spec: str | None, choice: StoreChoice = StoreChoice()) -> Gallery:
     """The gallery at out, created when absent; a source it has not indexed needs add."""
     source = {"kind": listing.kind, "path": str(listing.root)} if listing else None
     if not (out / METADATA).is_file():
         if runtime is None:
             raise GalleryError(f"No gallery at {out} to rebuild: index a source first (zscir-infer index SRC).")
+        options = {"uri": choice.uri, "collection": choice.collection}
         return Gallery.create(out, bundle_id=runtime.bundle_id, embed_dim=runtime.embed_dim,
-                              index_spec=index_spec or "auto", bundle=str(bundle), sources=[source])
+                              index_spec=index_spec or "auto", bundle=str(bundle), sources=[source],
+                              store=choice.store or DEFAULT_STORE,
+                              store_options={k: v for k, v in options.items() if v is not None})
     gallery = Gallery.open(out, bundle_id=runtime.bundle_id if runtime else None, writable=True)
+    choice.check_against(gallery)
     if source is not None and source not in gallery.sources:
         if not add:
             gallery.close()

@@ -3,6 +3,8 @@
     zscir-bench latency --model ViT-B-32                 # exports a random-weight bundle, then measures
     zscir-bench latency --bundle zscir-out/bundle --checkpoint phi.safetensors --weights clip.safetensors
     zscir-bench search --dim 512 --sizes 10000,100000,1000000
+    zscir-bench search --backend faiss,milvus --sizes 100000,1000000    # results/scale
+    zscir-bench search --engines local,ray --bundle zscir-out/bundle --images 2000
     zscir-bench cold-start --model ViT-B-32
     zscir-bench train-cost --models zscir-tiny,ViT-B-32,ViT-L-14
     zscir-bench accuracy --world zscir-out/world --checkpoint lincir.safetensors --checkpoint pic2word.safetensors
@@ -101,7 +103,8 @@ def latency(
     checkpoint: CheckpointOpt = None,
     weights: WeightsOpt = None,
     backends: Annotated[str | None, typer.Option(
-        "--backends", help="Comma-separated: torch, ort-fp32, ort-fp16, ort-int8, ort-cuda-fp16, ort-tensorrt-fp16, "
+        "--backends", help="Comma-separated: torch, ort-fp32, ort-fp16, ort-int8, openvino-fp32 (and -fp16, -int8), "
+        "ort-cuda-fp16, ort-tensorrt-fp16, "
         "trt-fp16. Default: all this machine and bundle can run. torch is always measured.")] = None,
     batch: Annotated[str, typer.Option("--batch", help="Comma-separated batch sizes.")] = "1,8,32,128",
     gallery_size: Annotated[int, typer.Option("--gallery-size", min=1, help="Vectors searched per query.")] = 10_000,
@@ -134,11 +137,22 @@ def search_bench(
     bundle: BundleOpt = None,
     sizes: Annotated[str, typer.Option("--sizes", help="Comma-separated gallery sizes.")] = "10000,100000,1000000",
     queries: Annotated[int, typer.Option("--queries", min=1, help="Queries for recall and latency.")] = 1000,
+    backend: Annotated[str | None, typer.Option(
+        "--backend", help="Gallery stores compared on the same vectors through zscir's own Gallery (e.g. "
+        "faiss,milvus): insert rate, build, recall@10, p50; report in results/scale. Without it: the FAISS index "
+        "sweep.", show_default=False)] = None,
+    spec: Annotated[str, typer.Option("--spec", help="With --backend: the index spec every store builds.")] = "auto",
+    engines: Annotated[str | None, typer.Option(
+        "--engines", help="Also time `zscir-infer index` per engine (e.g. local,ray) on --images generated PNGs "
+        "with --bundle (results/scale).", show_default=False)] = None,
+    images: Annotated[int, typer.Option("--images", min=1, help="With --engines: images indexed.")] = 2000,
+    work: WorkOpt = DEFAULT_WORK,
     threads: Threads = None,
     out: OutOpt = None,
     quick: QuickOpt = False,
 ) -> None:
-    """Flat, HNSW, IVF-Flat and IVF-PQ: build time, memory, p50 at batch 1, throughput at 256, recall@10."""
+    """Flat, HNSW, IVF-Flat and IVF-PQ: build time, memory, p50 at batch 1, throughput at 256, recall@10.
+    With --backend / --engines: gallery stores and indexing engines compared (results/scale)."""
     from zscir_bench import search_bench as sb
     from zscir_bench.machine import recorded
     from zscir_bench.timing import QUICK_POLICY
@@ -146,11 +160,88 @@ def search_bench(
 
     d = dim or (load_bundle(bundle, verify=False).embed_dim if bundle else 512)
     n = _threads(threads)
+    if backend is not None or engines is not None:
+        from zscir_infer.gallery import STORES
+
+        stores = str_list(backend or "")
+        unknown = [s for s in stores if s not in STORES]
+        if unknown:
+            raise UsageError(f"--backend {unknown[0]!r}: use gallery stores among {', '.join(STORES)}.")
+        if engines is not None and bundle is None:
+            raise UsageError("--engines times zscir-infer index: pass --bundle too.")
+        policy = QUICK_POLICY if quick else sb.STORE_POLICY
+        scale_work = work / "scale"
+
+        def body() -> dict:
+            report = {}
+            if stores:
+                report.update(sb.run_store_bench(d, int_list(sizes, "--sizes"), stores, scale_work,
+                                                 min(queries, sb.STORE_QUERIES), n, spec=spec, policy=policy,
+                                                 progress=lambda msg: console.log(msg)))
+            if engines is not None:
+                report["engine"] = sb.run_engine_bench(bundle, images, str_list(engines), scale_work,
+                                                       progress=lambda msg: console.log(msg))
+            return report
+
+        report = recorded("scale", n, body)
+        for path in sb.write_scale_report(report, out or Path("results/scale")):
+            typer.echo(f"wrote {path}")
+        return
     policies = (QUICK_POLICY, QUICK_POLICY) if quick else (sb.BATCH1_POLICY, sb.THROUGHPUT_POLICY)
     report = recorded("search", n, lambda: sb.run_search_bench(
         d, int_list(sizes, "--sizes"), queries, n, progress=lambda msg: console.log(msg),
         policy1=policies[0], policy_batch=policies[1]))
     _write(report, out or RESULTS / "search")
+
+
+@command(app, "serve")
+def serve_bench(
+    bundle: BundleOpt = None,
+    model: ModelOpt = None,
+    method: MethodOpt = "lincir",
+    work: WorkOpt = DEFAULT_WORK,
+    gallery: Annotated[Path | None, typer.Option(
+        "--gallery", exists=True, file_okay=False, help="A gallery of the bundle (or give --images).")] = None,
+    images: Annotated[Path | None, typer.Option(
+        "--images", exists=True, help="Images to index into a gallery in --work when --gallery is not given.")] = None,
+    queries: Annotated[Path | None, typer.Option(
+        "--queries", exists=True, dir_okay=False, help="A query batch file (reference, text) to send; default: "
+        "gallery images with a few texts.")] = None,
+    concurrency: Annotated[str, typer.Option("--concurrency", help="Comma-separated client counts.")] = "1,4,16,64",
+    requests: Annotated[int, typer.Option("--requests", min=1, help="Requests per level (at most).")] = 2000,
+    max_seconds: Annotated[float, typer.Option("--max-seconds", min=1.0, help="Time per level (at most).")] = 30.0,
+    rss_requests: Annotated[str, typer.Option(
+        "--rss-requests", help="SHORT,LONG: RSS after SHORT and after LONG requests (LONG 0: skip).")] = "100,10000",
+    screenshot: Annotated[Path | None, typer.Option(
+        "--screenshot", help="Also save the search page after the first --queries example as this PNG.")] = None,
+    threads: Threads = None,
+    out: OutOpt = None,
+) -> None:
+    """The HTTP server under N concurrent clients, batching on and off: req/s, p50/p95/p99, errors, RSS."""
+    from zscir_bench import serve_bench as sv
+    from zscir_bench.machine import recorded
+
+    bundle, _, _ = _bundle(bundle, model, method, work, None, None)
+    if gallery is None:
+        if images is None:
+            raise UsageError("Give --gallery, or --images to index into a gallery of this bundle.")
+        gallery = sv.ensure_gallery(bundle, images, work)
+    try:
+        short, long = (int(x) for x in rss_requests.split(","))
+    except ValueError:
+        raise UsageError(f"--rss-requests takes SHORT,LONG (two counts, LONG 0 to skip), got {rss_requests!r}.") from None
+    n = _threads(threads)
+    report = recorded("serve", n, lambda: sv.run_serve_bench(
+        bundle, gallery, concurrency=tuple(int_list(concurrency, "--concurrency")), requests=requests,
+        max_seconds=max_seconds, rss_requests=(short, long), queries=queries, threads=threads,
+        progress=lambda msg: console.log(msg)))
+    target = out or Path("results/serve") / bundle.name
+    for path in sv.write_serve_report(report, target):
+        typer.echo(f"wrote {path}")
+    if screenshot is not None:
+        if queries is None:
+            raise UsageError("--screenshot needs --queries (the example the page runs).")
+        typer.echo(f"wrote {sv.screenshot(bundle, gallery, queries, screenshot)}")
 
 
 @command(app, "cold-start")

@@ -24,7 +24,7 @@ KERNEL_FLAGS = (  # /proc/cpuinfo flags that select GEMM and quantized kernels
 )
 LIBRARIES = (
     "numpy", "onnxruntime", "onnxruntime-gpu", "faiss-cpu", "faiss-gpu", "torch", "open_clip_torch", "onnx",
-    "tensorrt", "tokenizers", "pillow",
+    "tensorrt", "tokenizers", "pillow", "openvino", "pymilvus", "milvus-lite", "ray", "fastapi", "uvicorn",
 )
 BLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 BUSY_CPU_PERCENT = 10.0  # a process above this share of one core counts as "another busy process"

@@ -189,3 +189,136 @@ def best_meeting(results: list[dict], n: int, min_recall: float) -> dict | None:
         for point in r["sweep"] if point["recall_at_10"] >= min_recall
     ]
     return min(candidates, key=lambda c: c["p50_ms"], default=None)
+
+
+# --- FAISS vs Milvus Lite on the same vectors, and --engine ray vs in-process indexing (results/scale) -------
+STORE_INSERT_CHUNK = 10_000
+STORE_QUERIES = 200  # Milvus Lite answers one query in tens of ms: recall over 200 queries, p50 over the policy
+STORE_POLICY = Policy(warmup=3, min_reps=30, min_seconds=1.0, max_reps=200)
+
+
+def bench_store(store: str, xb: np.ndarray, xq: np.ndarray, I_exact: np.ndarray, work, spec: str = "auto",
+                policy: Policy = STORE_POLICY) -> dict:
+    """One gallery store over xb: insert (the store's add, in chunks), index build (persist), recall@10 of
+    xq against I_exact, p50 at batch 1 through the store's search (what `zscir-infer query` calls)."""
+    import shutil
+
+    from zscir_infer.gallery import Gallery
+
+    root = work / f"{store}-{len(xb)}"
+    shutil.rmtree(root, ignore_errors=True)
+    n = len(xb)
+    g = Gallery.create(root, bundle_id="bench", embed_dim=xb.shape[1], index_spec=spec, store=store)
+    try:
+        t0 = time.perf_counter()
+        for lo in range(0, n, STORE_INSERT_CHUNK):
+            hi = min(n, lo + STORE_INSERT_CHUNK)
+            names = [f"v{i}" for i in range(lo, hi)]
+            g.store.add(np.arange(lo, hi, dtype=np.int64), xb[lo:hi], names, names)
+        t1 = time.perf_counter()
+        g.build_index()
+        t2 = time.perf_counter()
+        _, I = g.store.search(xq, K)  # the first search also loads a faiss index file
+        state = {"i": 0}
+
+        def one_query():
+            i = state["i"] = (state["i"] + 1) % len(xq)
+            g.store.search(xq[i : i + SINGLE_QUERY_BATCH], K)
+
+        single = measure(one_query, SINGLE_QUERY_BATCH, policy)
+        return {"store": store, "n": n, "spec": spec, "index": g.meta["index"]["factory"],
+                "insert_s": t1 - t0, "insert_per_s": n / (t1 - t0), "build_s": t2 - t1,
+                "recall_at_10": recall_at_k(I, I_exact), "p50_ms": single.p50_ms, "batch1": single.to_dict()}
+    finally:
+        g.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run_store_bench(d: int, sizes: Sequence[int], stores: Sequence[str], work, n_queries: int = STORE_QUERIES,
+                    threads: int = 1, seed: int = 0, spec: str = "auto", progress=None,
+                    policy: Policy = STORE_POLICY) -> dict:
+    """Every store at every size on the same clustered vectors and queries."""
+    faiss.omp_set_num_threads(threads)
+    results = []
+    for n in sizes:
+        xb, centers = clustered_vectors(n, d, seed)
+        xq, _ = clustered_vectors(n_queries, d, seed + 2, centers)
+        I_exact = exact_topk(xb, xq)
+        for store in stores:
+            if progress:
+                progress(f"store {store} ({spec}) over {n:,} x {d}")
+            results.append(bench_store(store, xb, xq, I_exact, work, spec, policy))
+        del xb
+    return {"d": d, "sizes": list(sizes), "stores": list(stores), "n_queries": n_queries, "k": K, "spec": spec,
+            "threads": threads,
+            "vectors": {"kind": "synthetic clustered unit vectors", "vectors_per_cluster": VECTORS_PER_CLUSTER,
+                        "spread": CLUSTER_SPREAD, "spectrum_decay": SPECTRUM_DECAY, "seed": seed},
+            "store_results": results}
+
+
+def run_engine_bench(bundle, n_images: int, engines: Sequence[str], work, batch_size: int = 32,
+                     progress=None) -> dict:
+    """`index_images` throughput per engine (local: in-process; ray: Ray Data actors) over the same
+    n_images generated PNGs into a faiss gallery; the Ray figure includes starting the local cluster."""
+    import shutil
+
+    from PIL import Image
+
+    from zscir_infer.indexing import index_images
+
+    images = work / f"images-{n_images}"
+    if not images.is_dir() or len(list(images.glob("*.png"))) != n_images:
+        shutil.rmtree(images, ignore_errors=True)
+        images.mkdir(parents=True)
+        rng = np.random.default_rng(0)
+        for i in range(n_images):
+            Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(images / f"im{i:06d}.png")
+    rows = []
+    for engine in engines:
+        if progress:
+            progress(f"index {n_images} images with --engine {engine}")
+        out = work / f"gallery-{engine}"
+        shutil.rmtree(out, ignore_errors=True)
+        summary = index_images(images, bundle=bundle, gallery=out, engine=engine, batch_size=batch_size)
+        rows.append({"engine": engine, "images": summary.added, "seconds": summary.seconds,
+                     "images_per_s": summary.added / summary.seconds})
+        shutil.rmtree(out, ignore_errors=True)
+    return {"bundle": str(bundle), "n_images": n_images, "batch_size": batch_size, "image_size": [128, 96],
+            "engines": rows}
+
+
+def scale_markdown(report: dict) -> str:
+    cpu = report["machine"]["cpu"]
+    lines = [f"# Gallery scale: FAISS vs Milvus Lite, and indexing on Ray ({report['created']})", "",
+             f"Command: `{report['command']}`", "",
+             f"Machine: {cpu.get('model', '?')}, {cpu.get('usable_cores', '?')} usable cores, instruction sets: "
+             f"{', '.join(cpu.get('instruction_sets', [])) or '?'}; threads {report['machine']['threads']}; "
+             f"load shared: {report['load']['shared']}.", ""]
+    if report.get("store_results"):
+        lines += [f"## Search: {report['d']}-d {report['vectors']['kind']}, spec `{report['spec']}`, "
+                  f"{report['n_queries']} queries, k = {report['k']}", "",
+                  "| store | n | index | insert (vectors/s) | build (s) | recall@10 | p50 batch 1 (ms) |",
+                  "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+        for r in report["store_results"]:
+            lines.append(f"| {r['store']} | {r['n']:,} | {r['index']} | {r['insert_per_s']:,.0f} | {r['build_s']:.1f} | "
+                         f"{r['recall_at_10']:.3f} | {r['p50_ms']:.2f} |")
+        lines.append("")
+    if report.get("engine"):
+        e = report["engine"]
+        lines += [f"## Indexing throughput: {e['n_images']} generated {e['image_size'][0]}x{e['image_size'][1]} PNGs, "
+                  f"bundle `{e['bundle']}`, batch {e['batch_size']}, faiss gallery", "",
+                  "| engine | images | seconds | images/s |", "| --- | ---: | ---: | ---: |"]
+        for r in e["engines"]:
+            lines.append(f"| {r['engine']} | {r['images']} | {r['seconds']:.1f} | {r['images_per_s']:.1f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_scale_report(report: dict, out) -> list:
+    from zscir_infer.atomic import atomic_write_json, atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{report['kind']}.json", out / f"{report['kind']}.md"]
+    atomic_write_json(paths[0], report)
+    atomic_write_text(paths[1], scale_markdown(report))
+    return paths

@@ -299,5 +299,8 @@ def ensure_gallery(bundle: Path, images: Path, work: Path) -> Path:
 
     gallery = work / f"gallery-{load_bundle(bundle).bundle_id[:12]}"
     if not gallery.is_dir():
-        index_images(images, bundle=bundle, gallery=gallery, workers=os.cpu_count() or 1)
+        summary = index_images(images, bundle=bundle, gallery=gallery, workers=os.cpu_count() or 1)
+        if not summary.count:
+            raise RuntimeError(f"No image of {images} could be indexed ({len(summary.bad)} skipped, e.g. "
+                               f"{summary.bad[:1]}): a list file names existing image files, one per line.")
     return gallery

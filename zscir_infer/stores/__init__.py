@@ -7,8 +7,12 @@ backend sits behind `VectorStore`: storing vectors with their ids and metadata, 
 (k, per-query exclusions, an optional filter), counting, persisting, closing.
 
 `faiss`: FAISS index + SQLite id -> metadata store + a float32 feature file, embedded, crash-safe
-(`stores.faiss_sqlite`). A second backend (a distributed vector database) implements the same
-protocol and registers in `zscir_infer.gallery.STORES`; the CLIs and the runtime do not change.
+(`stores.faiss_sqlite`). `milvus`: a Milvus collection, in Milvus Lite (embedded, a `.db` folder) or a
+Milvus server or cluster (`stores.milvus`, the `[milvus]` extra). Both register in
+`zscir_infer.gallery.STORES`; the CLIs and the runtime do not change. Besides the protocol below, a store
+class has `new_section(spec, dim, root=, bundle_id=, **options)` (gallery.json's `index` section of a new
+gallery, every option checked) and `create_files(directory)`, and a store has `check_index`,
+`set_index_spec`, `index_is_fresh`, `set_search_params` and `index` (the faiss index, or None).
 """
 
 from __future__ import annotations

@@ -79,6 +79,20 @@ class FaissSqliteStore:
             raise
 
     @staticmethod
+    def new_section(spec: str, dim: int, *, root: Path, bundle_id: str, **options) -> dict:
+        """The `index` section of a new gallery (the spec checked now, before hours of encoding)."""
+        if any(v is not None for v in options.values()):
+            given = ", ".join(f"--{k}" for k, v in options.items() if v is not None)
+            raise GalleryError(f"{given} apply to the milvus store (--store milvus), not to the faiss store.")
+        fsearch.check_spec(spec, dim)
+        return new_index_section(spec)
+
+    def check_index(self, spec: str, params: dict[str, float], n: int) -> None:
+        """Raise IndexSpecError now for a spec or search parameter the index of n vectors cannot take."""
+        fsearch.check_spec(spec, self.dim)
+        fsearch.check_search_params(spec, n, self.dim, params)
+
+    @staticmethod
     def create_files(directory: Path) -> None:
         """The empty store's files in a new gallery directory (before it is renamed into place)."""
         with _connect(directory / STORE) as conn:
