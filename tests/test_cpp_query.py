@@ -119,6 +119,25 @@ def test_pixels_equal_python_preprocessing(cpp_bin, images, tmp_path, config):
         assert np.array_equal(ours, theirs), f"{name}: max diff {np.abs(ours - theirs).max() * min(STD) * 255:.2f}/255"
 
 
+def test_squash_is_exact_for_square_images_and_refuses_the_others(cpp_bin, tmp_path):
+    """Pillow 13 squashes some non-square images vertical pass first (a rule not reproduced): refused, not wrong."""
+    cfg = PreprocessConfig(64, MEAN, STD, resize_mode="squash")
+    spec = tmp_path / "p.json"
+    spec.write_text(json.dumps(cfg.to_dict()))
+    rng = np.random.default_rng(5)
+    for size in ((97, 97), (301, 301)):
+        path = tmp_path / f"sq{size[0]}.png"
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+        subprocess.run([str(cpp_bin / "zscir_check"), "pixels", str(spec), str(path), str(tmp_path / "o")], check=True)
+        ours = np.fromfile(tmp_path / "o", dtype="<f4").reshape(3, 64, 64)
+        assert np.array_equal(ours, load_and_preprocess(path, cfg))
+    tall = tmp_path / "tall.png"
+    Image.fromarray(rng.integers(0, 256, (254, 59, 3), dtype=np.uint8)).save(tall)
+    done = subprocess.run([str(cpp_bin / "zscir_check"), "pixels", str(spec), str(tall), str(tmp_path / "o")],
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and "59x254" in done.stderr and "square" in done.stderr
+
+
 def test_pixel_errors_name_the_file(cpp_bin, tmp_path):
     spec = tmp_path / "p.json"
     spec.write_text(json.dumps(PIXEL_CONFIGS["shortest-64"].to_dict()))

@@ -388,6 +388,12 @@ Image resize_and_crop(const Image& input, const PreprocessSpec& spec) {
       if (pad_x || pad_y) image = pad(image, pad_x, pad_y, pad_x, pad_y, spec.fill_color);
     }
   }
+  if (spec.resize_mode == "squash" && image.width != image.height)
+    // Pillow 13 resizes some non-square images to a square with the vertical pass first, by a rule this
+    // program does not reproduce: refuse rather than compute pixels that differ from the Python runtime's.
+    throw Error("This bundle's preprocessing squashes images to a square, and zscir_query reproduces Pillow's "
+                "squash only for square images (this one is " + std::to_string(image.width) + "x" +
+                std::to_string(image.height) + "): crop or pad it to a square first, or use the Python runtime.");
   int new_w = size, new_h = size;
   if (spec.resize_mode == "longest") {
     const double ratio = std::max(double(image.height) / size, double(image.width) / size);
