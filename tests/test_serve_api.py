@@ -409,3 +409,25 @@ def test_a_request_past_its_timeout_gets_504_and_the_server_lives_on(served):
     slow, health = run(go())
     assert slow.status_code == 504 and slow.json()["error"]["kind"] == "timeout"
     assert health.status_code == 200
+
+
+def test_the_server_on_a_milvus_gallery_answers_as_on_faiss(served, tmp_path):
+    """`serve` is unchanged for a gallery in Milvus Lite: the same results as the FAISS gallery's."""
+    pytest.importorskip("pymilvus", reason="the [milvus] extra is not installed")
+    pytest.importorskip("milvus_lite", reason="the [milvus] extra is not installed")
+    gallery = tmp_path / "milvus-gallery"
+    result = runner.invoke(cli_app, ["index", str(served["images"]), "--bundle", str(served["bundle"]), "--out",
+                                     str(gallery), "--store", "milvus"])
+    assert result.exit_code == 0, result.output
+    milvus_app = create_app(ServeConfig(bundle=served["bundle"], gallery=gallery))
+    payloads = [{**p, "filter": 'name like "img1%"'} if i % 3 == 0 else p
+                for i, p in enumerate(requests_for(served, 12))]
+    try:
+        on_milvus, on_faiss = run(fire(milvus_app, payloads)), run(fire(make_app(served), payloads))
+    finally:
+        milvus_app.state.service.close()
+    for rm, rf in zip(on_milvus, on_faiss, strict=True):
+        assert rm.status_code == rf.status_code == 200, rm.text + rf.text
+        got = [(h["name"], h["score"]) for h in rm.json()["results"]]
+        np.testing.assert_allclose([s for _, s in got], [h["score"] for h in rf.json()["results"]], atol=1e-5)
+        assert [n for n, _ in got] == [h["name"] for h in rf.json()["results"]]

@@ -223,6 +223,7 @@ def screenshot(bundle: Path, gallery: Path, examples: Path, out: Path, example_i
         page.click("#search")
         page.wait_for_selector("#results figure")
         page.wait_for_function("[...document.images].every((im) => im.complete)")
+        page.evaluate("window.scrollTo(0, 0)")
         out.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(out))
         browser.close()
