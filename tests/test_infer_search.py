@@ -118,6 +118,37 @@ def test_without_gpus_indexes_stay_on_the_cpu(data):
     assert to_gpu(index) is index and to_cpu(index) is index
 
 
+def test_wrappers_faiss_makes_for_gpus_keep_the_ivf_training_sample_and_parameters():
+    """Several GPUs give an IndexReplicas / IndexShards around the IVF (faiss-cpu has both classes): the
+    k-means sample and the search parameters must come through them, as from the CPU index (a 1M
+    gallery with IVF4096 trained on 65,536 rows on GPU before this)."""
+    import faiss
+
+    from zscir_infer import search as fsearch
+
+    n, d = 2_000_000, 8
+    ivf = faiss.index_factory(d, "IVF4096,Flat", faiss.METRIC_INNER_PRODUCT)
+    expected = fsearch._training_sample(n, ivf)
+    assert len(expected) == 4096 * fsearch.MAX_TRAIN_POINTS_PER_CENTROID
+    for wrapper in (faiss.IndexReplicas(d), faiss.IndexShards(d)):
+        wrapper.add_replica(ivf) if isinstance(wrapper, faiss.IndexReplicas) else wrapper.add_shard(ivf)
+        np.testing.assert_array_equal(fsearch._training_sample(n, wrapper), expected)
+        assert default_search_params(wrapper) == {"nprobe": 16}
+        assert not fsearch.on_gpu(wrapper) and to_cpu(wrapper) is wrapper  # CPU classes stay as they are
+    chain = faiss.index_factory(d, "PCA4,IVF64,Flat", faiss.METRIC_INNER_PRODUCT)
+    assert not fsearch.on_gpu(chain) and to_cpu(chain) is chain
+
+
+def test_k_above_the_gpu_limit_searches_as_usual_on_the_cpu(data):
+    from zscir_infer import search as fsearch
+
+    xb, xq, _ = data
+    index = build_index(xb[:5000], "flat", gpu=False)
+    D, I = fsearch.search(index, xq[:3], fsearch.GPU_MAX_K + 10)
+    D_ref, I_ref = index.search(xq[:3], fsearch.GPU_MAX_K + 10)
+    np.testing.assert_array_equal(I, I_ref)
+
+
 @pytest.mark.gpu
 def test_gpu_flat_equals_cpu_flat(data):
     if gpu_count() == 0:

@@ -41,6 +41,8 @@ MIN_PQ_TRAIN_POINTS = 2**PQ_BITS * MIN_TRAIN_POINTS_PER_LIST
 MAX_TRAIN_POINTS_PER_CENTROID = 256  # faiss's k-means subsamples to this many (ClusteringParameters)
 REFINE_K_FACTOR = 16  # the shortlist IVF-PQ hands to the exact re-ranking, in multiples of k
 ADD_CHUNK = 65_536  # vectors added per call, bounding the temporary copies
+GPU_MAX_K = 2048  # faiss's GPU indexes answer at most this many neighbours per query (and nprobe at most this)
+GPU_MAX_NPROBE = 2048
 
 
 class IndexSpecError(ZscirError, ValueError):
@@ -117,19 +119,33 @@ def default_search_params(index: faiss.Index) -> dict[str, float]:
 
 
 def _parts(index: faiss.Index) -> list[faiss.Index]:
-    """The index and the indexes it wraps (refine base, pre-transform chain), downcast."""
+    """The index and the indexes it wraps (refine base, pre-transform chain, the replicas or shards that
+    faiss makes for several GPUs), downcast."""
     index = faiss.downcast_index(index)
     if isinstance(index, faiss.IndexRefine):
         return [index, *_parts(index.base_index)]
     if isinstance(index, faiss.IndexPreTransform):
         return [index, *_parts(index.index)]
+    if isinstance(index, faiss.IndexReplicas | faiss.IndexShards) and index.count():
+        return [index, *(p for i in range(index.count()) for p in _parts(index.at(i)))]
     return [index]
+
+
+def _ivf_lists_of(index: faiss.Index) -> int:
+    """The inverted lists of the index's IVF stage (CPU or GPU), 1 without one."""
+    lists = [p.nlist for p in _parts(index) if isinstance(p, faiss.IndexIVF)]
+    lists += [int(p.getNumLists()) for p in _parts(index) if hasattr(p, "getNumLists")]  # GpuIndexIVF*
+    return max(lists, default=1)
 
 
 def set_search_params(index: faiss.Index, params: dict[str, float]) -> None:
     """Apply ParameterSpace parameters (efSearch=..., nprobe=..., k_factor_rf=...) to a CPU or GPU index."""
-    space = faiss.GpuParameterSpace() if on_gpu(index) else faiss.ParameterSpace()
+    gpu = on_gpu(index)
+    space = faiss.GpuParameterSpace() if gpu else faiss.ParameterSpace()
     for name, value in params.items():
+        if gpu and name == "nprobe" and value > GPU_MAX_NPROBE:
+            raise IndexSpecError(f"nprobe={value} is above faiss's GPU limit of {GPU_MAX_NPROBE}: use a smaller nprobe "
+                                 "(--nprobe), or a machine whose faiss has no GPUs (faiss-cpu).")
         try:
             space.set_index_parameter(index, name, float(value))
         except RuntimeError as exc:
@@ -144,7 +160,8 @@ def gpu_count() -> int:
 
 
 def on_gpu(index: faiss.Index) -> bool:
-    return type(faiss.downcast_index(index)).__name__.startswith(("Gpu", "IndexReplicas", "IndexShards"))
+    """Whether any stage of the index lives on a GPU (a GPU index inside a pre-transform counts)."""
+    return any(type(p).__name__.startswith("Gpu") for p in _parts(index))
 
 
 def to_gpu(index: faiss.Index) -> faiss.Index:
@@ -161,7 +178,16 @@ def to_gpu(index: faiss.Index) -> faiss.Index:
 
 
 def to_cpu(index: faiss.Index) -> faiss.Index:
+    """A CPU copy of a GPU index (whole chains included), for writing to disk; a CPU index itself."""
     return faiss.index_gpu_to_cpu(index) if on_gpu(index) else index
+
+
+def search(index: faiss.Index, xq: np.ndarray, k: int, cpu_copy=None) -> tuple[np.ndarray, np.ndarray]:
+    """index.search, except that k above faiss's GPU limit searches a CPU copy of a GPU index
+    (`cpu_copy()` gives it, e.g. cached by the caller) instead of failing inside faiss."""
+    if k > GPU_MAX_K and on_gpu(index):
+        index = cpu_copy() if cpu_copy is not None else to_cpu(index)
+    return index.search(np.ascontiguousarray(xq, dtype=np.float32), k)
 
 
 def build_index(
@@ -180,10 +206,11 @@ def build_index(
         if isinstance(part, faiss.IndexIVFPQ):  # polysemous codes serve Hamming filtering, unused here,
             part.do_polysemous_training = False  # and cost 3x the PQ training time
     search_params = {**default_search_params(index), **(params or {})}
+    sample = _training_sample(n, index)  # from the CPU index: a GPU IVF is not a faiss.IndexIVF
     if gpu if gpu is not None else gpu_count() > 0:
         index = to_gpu(index)
     if not index.is_trained:
-        index.train(np.ascontiguousarray(xb[_training_sample(n, index)], dtype=np.float32))
+        index.train(np.ascontiguousarray(xb[sample], dtype=np.float32))
     add_vectors(index, xb)
     set_search_params(index, search_params)
     return index
@@ -191,8 +218,7 @@ def build_index(
 
 def _training_sample(n: int, index: faiss.Index) -> np.ndarray:
     """Row ids to train on: all, or an even spread of as many as faiss's k-means would keep anyway."""
-    lists = max((p.nlist for p in _parts(index) if isinstance(p, faiss.IndexIVF)), default=1)
-    wanted = max(lists, 2**PQ_BITS) * MAX_TRAIN_POINTS_PER_CENTROID
+    wanted = max(_ivf_lists_of(index), 2**PQ_BITS) * MAX_TRAIN_POINTS_PER_CENTROID
     if n <= wanted:
         return np.arange(n)
     return np.linspace(0, n - 1, wanted).astype(np.int64)

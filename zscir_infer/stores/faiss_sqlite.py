@@ -69,6 +69,7 @@ class FaissSqliteStore:
         self._save_meta = save_meta
         self._db = _connect(root / STORE)
         self._index: faiss.Index | None = None
+        self._cpu_copy: tuple[faiss.Index, faiss.Index] | None = None  # (GPU index, its CPU copy) for k > 2048
         try:
             self._count = self._committed_count()
             self._check_features()
@@ -238,6 +239,12 @@ class FaissSqliteStore:
                 self._index = fsearch.build_index(self.features(), info["spec"], info["params"])
         return self._index
 
+    def _cpu_index(self) -> faiss.Index:
+        """A CPU copy of the GPU index, made once per index (searches past faiss's GPU k limit use it)."""
+        if self._cpu_copy is None or self._cpu_copy[0] is not self.index:
+            self._cpu_copy = (self.index, fsearch.to_cpu(self.index))
+        return self._cpu_copy[1]
+
     def set_search_params(self, params: dict[str, float]) -> None:
         """Override efSearch / nprobe / k_factor_rf for this session's searches."""
         if self.index is not None:
@@ -257,7 +264,7 @@ class FaissSqliteStore:
             return D, I
         k_search = min(n_candidates, k + int((banned != fsearch.NO_RESULT).sum(axis=1).max()))
         if allowed is None:
-            D_all, I_all = self.index.search(np.ascontiguousarray(xq, dtype=np.float32), k_search)  # one call
+            D_all, I_all = fsearch.search(self.index, xq, k_search, self._cpu_index)  # one call
         else:
             D_all, I_all = fsearch.search_subset(self.features(), allowed, xq, k_search)
         return fsearch.drop_excluded(D_all, I_all, banned, k)
