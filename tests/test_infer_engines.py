@@ -157,6 +157,9 @@ def test_timing_caches_are_per_tensorrt_version_and_gpu(tmp_path):
     a = timing_cache_path("10.13.3", "8.9", tmp_path)
     assert a.parent == tmp_path and a.name == "timing-trt10.13.3-sm89.cache"
     assert a != timing_cache_path("10.13.3", "9.0", tmp_path) != timing_cache_path("11.0.0", "8.9", tmp_path)
+    pcie = timing_cache_path("10.13.3", "9.0", tmp_path, "NVIDIA H100 PCIe")
+    sxm = timing_cache_path("10.13.3", "9.0", tmp_path, "NVIDIA H100 80GB HBM3")
+    assert pcie.name == "timing-trt10.13.3-sm90-nvidia-h100-pcie.cache" and pcie != sxm
 
 
 def test_a_deployment_machine_without_tensorrt_is_told_why(tiny_bundle):

@@ -191,9 +191,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "zscir") / "tensorrt"
 
 
-def timing_cache_path(tensorrt_version: str, compute_capability: str, directory: Path | None = None) -> Path:
-    """One timing cache per TensorRT version and GPU generation (its timings are valid only there)."""
-    return (directory or cache_dir()) / f"timing-trt{tensorrt_version}-sm{compute_capability.replace('.', '')}.cache"
+def timing_cache_path(tensorrt_version: str, compute_capability: str, directory: Path | None = None,
+                      device: str = "") -> Path:
+    """One timing cache per TensorRT version, GPU generation and GPU model (an H100 PCIe and an H100 SXM
+    share sm90 but not timings; TensorRT itself refuses a cache from another device)."""
+    model = re.sub(r"[^A-Za-z0-9]+", "-", device).strip("-").lower()
+    suffix = f"-{model}" if model else ""
+    return (directory or cache_dir()) / f"timing-trt{tensorrt_version}-sm{compute_capability.replace('.', '')}{suffix}.cache"
 
 
 def tensorrt_unavailable_reason() -> str | None:
@@ -267,11 +271,16 @@ def build_engine(onnx_path: Path, inputs: list[dict], plan: BuildPlan, profiles:
             trt_profile.set_shape(name, lo, opt, hi)
         config.add_optimization_profile(trt_profile)
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-    config.set_timing_cache(cache, False)  # False: refuse a cache from another device
+    if not config.set_timing_cache(cache, False):  # False: refuse a cache from another device or version
+        logger.log(trt.Logger.WARNING, f"zscir: timing cache {timing_cache} does not fit this GPU/TensorRT; "
+                                       "starting an empty one")
+        config.set_timing_cache(config.create_timing_cache(b""), False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineError(f"TensorRT failed to build an engine from {onnx_path.name} (see its log above).")
-    atomic_write_bytes(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+    updated = config.get_timing_cache()
+    if updated is not None:  # None when the builder kept no cache: nothing to save
+        atomic_write_bytes(timing_cache, bytes(memoryview(updated.serialize())))
     return bytes(memoryview(serialized))
 
 
@@ -286,7 +295,9 @@ def build_bundle_engines(bundle_dir: Path, manifest: dict, precisions: tuple[str
     """
     profiles = check_profiles(profiles)
     version, capability = local_build_target()
-    timing_cache = timing_cache_path(version, capability, timing_cache_dir)
+    from zscir_infer.backends.trt import device_name
+
+    timing_cache = timing_cache_path(version, capability, timing_cache_dir, device_name(0))
     timing_cache.parent.mkdir(parents=True, exist_ok=True)
     entries = []
     for graph in graphs or tuple(manifest["graphs"]):

@@ -103,6 +103,14 @@ def device_compute_capability(device_id: int = 0) -> str:
     return f"{props.major}.{props.minor}"
 
 
+def device_name(device_id: int = 0) -> str:
+    """The GPU's name as CUDA reports it (e.g. 'NVIDIA H100 80GB HBM3')."""
+    cudart = _import_cudart()
+    props = _check(cudart, cudart.cudaGetDeviceProperties(device_id))
+    name = props.name
+    return (name.decode() if isinstance(name, bytes) else str(name)).split("\x00")[0].strip()
+
+
 def select_profile(ranges: list[tuple[int, int]], batch: int) -> int | None:
     """Index of the profile (min_batch, max_batch) with the smallest max that holds `batch`; None if none."""
     fitting = [(hi, i) for i, (lo, hi) in enumerate(ranges) if lo <= batch <= hi]
@@ -184,6 +192,9 @@ class TrtEngine:
             raise BackendError(f"{self.path.name}: no optimization profile holds batch {batch} "
                                f"(profiles: {self.profile_batches}); {REBUILD} with a wider profile.")
         with self._lock:
+            # the current CUDA device is per thread: the thread that runs (a server's batcher, an indexing
+            # pipeline) may not be the one that created this engine
+            _check(self.cudart, self.cudart.cudaSetDevice(self.device_id))
             return self._run(self._context(profile), feeds)
 
     def _run(self, context, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -212,6 +223,8 @@ class TrtEngine:
 
     def close(self) -> None:
         with self._lock:
+            if self.engine is not None:
+                _check(self.cudart, self.cudart.cudaSetDevice(self.device_id))
             for buffer in self._buffers.values():
                 buffer.free()
             if self.stream is not None:
