@@ -37,7 +37,8 @@ SUPPORTED_MAJORS = (10, 11)
 WORKSPACE_BYTES = 4 << 30
 CACHE_ENV = "ZSCIR_CACHE_DIR"
 FP32_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX", "REDUCE")  # kept fp32 in a 10.x fp16 build
-INSTALL_TRT = "install the GPU extra (`pip install 'zscir[gpu]'`) on a machine with an NVIDIA GPU"
+INSTALL_TRT = ("install the GPU extra (`pip install --extra-index-url https://pypi.nvidia.com 'zscir[gpu]'`) on a "
+               "machine with an NVIDIA GPU")
 
 
 class EngineError(ZscirError, RuntimeError):

@@ -63,6 +63,8 @@ class OrtSession:
         self.path = Path(path)
         self.device = device
         kind, device_id = parse_device(device)
+        if kind != "cpu" and hasattr(ort, "preload_dlls"):  # onnxruntime-gpu >= 1.21: CUDA and cuDNN from
+            ort.preload_dlls()  # the nvidia-* pip packages of its [cuda,cudnn] extras, before the provider loads
         if kind != "cpu" and GPU_PROVIDER[kind] not in ort.get_available_providers():
             raise BackendError(
                 f"Device {device!r} needs ONNX Runtime's {GPU_PROVIDER[kind]}, which this onnxruntime "

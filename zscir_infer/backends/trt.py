@@ -23,7 +23,8 @@ import numpy as np
 
 from zscir_infer.backends import BackendError
 
-INSTALL_TRT = "install the GPU extra (`pip install 'zscir[gpu]'`: tensorrt and cuda-python) on a machine with an NVIDIA GPU"
+INSTALL_TRT = ("install the GPU extra (`pip install --extra-index-url https://pypi.nvidia.com 'zscir[gpu]'`: TensorRT 10 "
+               "and cuda-python 12) on a machine with an NVIDIA GPU")
 REBUILD = "rebuild the engines on this machine with `zscir-infer engines BUNDLE`, or use --backend ort"
 NUMPY_DTYPE = {"FLOAT": np.float32, "HALF": np.float16, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_,
                "INT8": np.int8, "UINT8": np.uint8}
