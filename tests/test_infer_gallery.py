@@ -6,13 +6,18 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from tests.fixtures.gallery import brute_force, clustered_unit_vectors, kill_when_stored
+from tests.fixtures.gallery import (
+    brute_force,
+    check_committed_prefix,
+    clustered_unit_vectors,
+    crash_writer,
+    kill_when_stored,
+)
 from zscir_infer.gallery import METADATA, Gallery, GalleryBundleMismatch, GalleryError
 from zscir_infer.indexing import plan_additions
 from zscir_infer.search import IndexSpecError
@@ -195,43 +200,11 @@ def test_plan_skips_present_items_and_reports_name_conflicts(tmp_path):
     ]
 
 
-WRITER = """
-import sys
-from tests.fixtures.gallery import clustered_unit_vectors
-from zscir_infer.gallery import Gallery, METADATA
-from pathlib import Path
-
-root, n, batch = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-xb = clustered_unit_vectors(n, 32, seed=7)
-names = [f"n{i}" for i in range(n)]
-if (root / METADATA).is_file():
-    g = Gallery.open(root, bundle_id="b", writable=True)
-else:
-    g = Gallery.create(root, bundle_id="b", embed_dim=32, index_spec="hnsw")
-present = g.lookup(names)
-todo = [i for i in range(n) if names[i] not in present]
-for lo in range(0, len(todo), batch):
-    ids = todo[lo : lo + batch]
-    g.add([names[i] for i in ids], [f"/p/{names[i]}" for i in ids], xb[ids])
-g.build_index()
-g.close()
-"""
 N_WRITTEN, WRITE_BATCH, KILLS = 4000, 16, 4
 
 
 def _writer(root) -> subprocess.Popen:
-    cmd = [sys.executable, "-c", WRITER, str(root), str(N_WRITTEN), str(WRITE_BATCH)]
-    return subprocess.Popen(cmd, cwd=os.getcwd(), stderr=subprocess.DEVNULL)
-
-
-def _check_consistent(root, xb: np.ndarray) -> int:
-    """Whatever was committed is a prefix of the rows, with its features, and the metadata is whole."""
-    json.loads((root / METADATA).read_text())
-    with Gallery.open(root) as g:
-        items = g.all_items()
-        assert [it.name for it in items] == [f"n{i}" for i in range(len(g))]
-        np.testing.assert_array_equal(g.features(), xb[: len(g)])
-        return len(g)
+    return crash_writer(root, N_WRITTEN, WRITE_BATCH, "faiss")
 
 
 def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_path):
@@ -243,12 +216,12 @@ def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_pa
     counts = []
     for target in sorted(rng.integers(1, N_WRITTEN, KILLS)):  # mid-add, right after a batch's vectors
         kill_when_stored(_writer(tmp_path / "killed"), tmp_path / "killed" / FEATURES, target, 32 * 4)
-        counts.append(_check_consistent(tmp_path / "killed", xb))
+        counts.append(check_committed_prefix(tmp_path / "killed", xb))
     proc = _writer(tmp_path / "killed")  # anywhere: the rest of the adds, the index build, the end
     time.sleep(float(rng.uniform(0.2, 0.9)) * full)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    counts.append(_check_consistent(tmp_path / "killed", xb))
+    counts.append(check_committed_prefix(tmp_path / "killed", xb))
     assert _writer(tmp_path / "killed").wait() == 0
     print(f"committed rows after each SIGKILL: {counts} of {N_WRITTEN}")
     assert any(0 < n < N_WRITTEN for n in counts)

@@ -19,7 +19,13 @@ from typer.testing import CliRunner
 pytest.importorskip("pymilvus", reason="the Milvus store needs the [milvus] extra (pymilvus, milvus-lite)")
 pytest.importorskip("milvus_lite", reason="the Milvus store's tests run on Milvus Lite (the [milvus] extra)")
 
-from tests.fixtures.gallery import brute_force, clustered_unit_vectors, write_image  # noqa: E402
+from tests.fixtures.gallery import (  # noqa: E402
+    brute_force,
+    check_committed_prefix,
+    clustered_unit_vectors,
+    crash_writer,
+    write_image,
+)
 from zscir_infer.cli import app  # noqa: E402
 from zscir_infer.gallery import METADATA, Gallery, GalleryBundleMismatch, GalleryError  # noqa: E402
 from zscir_infer.search import NO_RESULT, IndexSpecError  # noqa: E402
@@ -189,34 +195,11 @@ def test_one_process_at_a_time_on_a_lite_gallery(tmp_path):
 
 
 # --- SIGKILL at random points, then resume ---------------------------------------------------------------------
-WRITER = """
-import sys
-from tests.fixtures.gallery import clustered_unit_vectors
-from zscir_infer.gallery import Gallery, METADATA
-from pathlib import Path
-
-root, n, batch = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-xb = clustered_unit_vectors(n, 32, seed=7)
-names = [f"n{i}" for i in range(n)]
-if (root / METADATA).is_file():
-    g = Gallery.open(root, bundle_id="b", writable=True)
-else:
-    g = Gallery.create(root, bundle_id="b", embed_dim=32, index_spec="hnsw", store="milvus")
-present = g.lookup(names)
-todo = [i for i in range(n) if names[i] not in present]
-for lo in range(0, len(todo), batch):
-    ids = todo[lo : lo + batch]
-    g.add([names[i] for i in ids], [f"/p/{names[i]}" for i in ids], xb[ids])
-    print(g.count, flush=True)
-g.build_index()
-g.close()
-"""
 N_WRITTEN, WRITE_BATCH, KILLS = 1200, 16, 4
 
 
 def _writer(root) -> subprocess.Popen:
-    cmd = [sys.executable, "-c", WRITER, str(root), str(N_WRITTEN), str(WRITE_BATCH)]
-    return subprocess.Popen(cmd, cwd=os.getcwd(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    return crash_writer(root, N_WRITTEN, WRITE_BATCH, "milvus", stdout=subprocess.PIPE)
 
 
 def _kill_after(proc: subprocess.Popen, rows: int) -> None:
@@ -226,15 +209,6 @@ def _kill_after(proc: subprocess.Popen, rows: int) -> None:
             break
     proc.kill()
     proc.wait()
-
-
-def _check_consistent(root, xb: np.ndarray) -> int:
-    json.loads((root / METADATA).read_text())
-    with Gallery.open(root) as g:
-        items = g.all_items()
-        assert [it.name for it in items] == [f"n{i}" for i in range(len(g))]
-        np.testing.assert_array_equal(g.features(), xb[: len(g)])
-        return len(g)
 
 
 def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_path):
@@ -248,12 +222,12 @@ def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_pa
     counts = []
     for target in sorted(rng.integers(1, N_WRITTEN, KILLS)):  # mid-insert, right after a committed batch
         _kill_after(_writer(tmp_path / "killed"), int(target))
-        counts.append(_check_consistent(tmp_path / "killed", xb))
+        counts.append(check_committed_prefix(tmp_path / "killed", xb))
     proc = _writer(tmp_path / "killed")  # anywhere: imports, the rest of the inserts, the index build
     time.sleep(float(rng.uniform(0.2, 0.9)) * full)
     proc.kill()
     proc.wait()
-    counts.append(_check_consistent(tmp_path / "killed", xb))
+    counts.append(check_committed_prefix(tmp_path / "killed", xb))
     resumed = _writer(tmp_path / "killed")
     resumed.communicate()
     assert resumed.returncode == 0

@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 
 from rich.console import Console  # noqa: E402
 
+from tests.fixtures.train import make_world  # noqa: E402
 from zscir_train.training.sum_tune import (  # noqa: E402
     CLIP_FT_FORMAT,
     ImageSide,
@@ -29,11 +30,7 @@ SUM_WORLD = dict(seed=11, image_size=64, train_images=240, val_images=96, test_i
 
 @pytest.fixture(scope="module")
 def sum_world(tmp_path_factory) -> Path:
-    from zscir_train.world.generate import WorldConfig, generate_world
-
-    root = tmp_path_factory.mktemp("sum-world") / "world"
-    generate_world(WorldConfig(**SUM_WORLD), root)
-    return root
+    return make_world(tmp_path_factory, "sum-world", SUM_WORLD)
 
 
 @pytest.fixture(scope="module")

@@ -243,6 +243,17 @@ def excluded_matrix(exclude, n_queries: int) -> np.ndarray:
     return banned
 
 
+def no_results(n_queries: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """D, I [Q, k] of a search that found nothing: -inf scores, NO_RESULT ids."""
+    return (np.full((n_queries, k), -np.inf, dtype=np.float32),
+            np.full((n_queries, k), NO_RESULT, dtype=np.int64))
+
+
+def search_depth(banned: np.ndarray, k: int, n_candidates: int) -> int:
+    """How many to ask a store for so that k survive `drop_excluded`: k plus the largest exclusion set."""
+    return min(n_candidates, k + int((banned != NO_RESULT).sum(axis=1).max()))
+
+
 def drop_excluded(D: np.ndarray, I: np.ndarray, banned: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Remove each query's banned ids from a ranking, keeping the order of the rest -> D, I [Q, k].
 
@@ -273,8 +284,7 @@ def search_subset(
     memmap larger than memory), and the best k kept; FAISS's IDSelector would need per-index search
     parameter types (IVF, HNSW, refine) and scans the same rows for flat indexes anyway."""
     xq = np.ascontiguousarray(xq, dtype=np.float32)
-    D = np.full((xq.shape[0], k), -np.inf, dtype=np.float32)
-    I = np.full((xq.shape[0], k), NO_RESULT, dtype=np.int64)
+    D, I = no_results(xq.shape[0], k)
     for lo in range(0, len(allowed), chunk):
         ids = allowed[lo : lo + chunk]
         scores = xq @ np.ascontiguousarray(xb[ids], dtype=np.float32).T  # [Q, C]

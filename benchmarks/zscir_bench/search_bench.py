@@ -158,6 +158,13 @@ def exact_topk(xb: np.ndarray, xq: np.ndarray) -> np.ndarray:
     return flat.search(xq, K)[1]
 
 
+def bench_vectors(n: int, d: int, n_queries: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """n clustered gallery vectors, queries from the same clusters, and their exact top-K ids."""
+    xb, centers = clustered_vectors(n, d, seed)
+    xq, _ = clustered_vectors(n_queries, d, seed + 2, centers)
+    return xb, xq, exact_topk(xb, xq)
+
+
 def run_search_bench(d: int, sizes: Sequence[int] = DEFAULT_SIZES, n_queries: int = DEFAULT_QUERIES,
                      threads: int = 1, seed: int = 0, progress=None,
                      policy1: Policy = BATCH1_POLICY, policy_batch: Policy = THROUGHPUT_POLICY) -> dict:
@@ -165,9 +172,7 @@ def run_search_bench(d: int, sizes: Sequence[int] = DEFAULT_SIZES, n_queries: in
     faiss.omp_set_num_threads(threads)
     results = []
     for n in sizes:
-        xb, centers = clustered_vectors(n, d, seed)
-        xq, _ = clustered_vectors(n_queries, d, seed + 2, centers)
-        I_exact = exact_topk(xb, xq)
+        xb, xq, I_exact = bench_vectors(n, d, n_queries, seed)
         for spec in index_specs(n, d):
             if progress:
                 progress(f"search {spec.name} over {n:,} x {d}")
@@ -241,9 +246,7 @@ def run_store_bench(d: int, sizes: Sequence[int], stores: Sequence[str], work, n
     faiss.omp_set_num_threads(threads)
     results = []
     for n in sizes:
-        xb, centers = clustered_vectors(n, d, seed)
-        xq, _ = clustered_vectors(n_queries, d, seed + 2, centers)
-        I_exact = exact_topk(xb, xq)
+        xb, xq, I_exact = bench_vectors(n, d, n_queries, seed)
         for store in stores:
             if progress:
                 progress(f"store {store} ({spec}) over {n:,} x {d}")

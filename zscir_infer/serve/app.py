@@ -240,8 +240,6 @@ def create_app(config: ServeConfig, service: Service | None = None) -> FastAPI:
             raise _api_error(Overloaded(f"{config.max_queue} requests in flight"))
         try:
             with service.use() as generation:
-                for stage, depth in generation.queue_depths().items():
-                    metrics.queue_depth.labels(stage).set(depth)
                 return await asyncio.wait_for(coro_fn(generation, *args), config.request_timeout_s)
         except TimeoutError:
             raise ApiError(504, "timeout", f"The request took longer than {config.request_timeout_s} s "
@@ -341,7 +339,7 @@ def create_app(config: ServeConfig, service: Service | None = None) -> FastAPI:
                       targets) -> SearchResponse:
         timings: dict[str, float] = {}
         method = method or g.runtime.default_method
-        g.check_method(method)
+        g.runtime.check_method(method, alpha)
         q = ComposedQuery(None, text, method, template, alpha)
         if method != "text":
             t0 = time.perf_counter()
@@ -392,7 +390,7 @@ def create_app(config: ServeConfig, service: Service | None = None) -> FastAPI:
             vectors, kind = normalize(np.stack(rows)), "image"
         else:
             method = body.method or g.runtime.default_method
-            g.check_method(method)
+            g.runtime.check_method(method, body.alpha)
 
             async def one(i: int, item: QueryInput) -> np.ndarray:
                 if method != "text" and item.image is None:
@@ -460,7 +458,7 @@ def create_app(config: ServeConfig, service: Service | None = None) -> FastAPI:
         present = await g.gallery.submit(Lookup(names))
         if present:
             raise ApiError(409, "exists", f"The gallery already has an image named {sorted(present)[0]!r}.")
-        pixels = await asyncio.gather(*(run_in_threadpool(g.decode, data, fn) for data, fn in uploads))
+        pixels = await asyncio.gather(*(run_in_threadpool(g.decode, data) for data, _ in uploads))
         rows = await asyncio.gather(*(g.image_features(p) for p in pixels))
         folder = Path(g.gallery.root) / UPLOADS
         paths = []
@@ -522,9 +520,9 @@ async def _gallery_item(g: Generation, name: str):
 
 async def _pixels(g: Generation, upload: tuple[bytes, str] | None, reference: str | None) -> np.ndarray:
     if upload is not None:
-        return await run_in_threadpool(g.decode, upload[0], upload[1])
+        return await run_in_threadpool(g.decode, upload[0])
     item = await _gallery_item(g, reference)
-    return await run_in_threadpool(g.decode, item.path, item.name)
+    return await run_in_threadpool(g.decode, item.path)
 
 
 async def _input_pixels(g: Generation, image: ImageInput, where: str) -> np.ndarray:

@@ -284,7 +284,7 @@ class Generation:
         return list(self.runtime.run_graph(QUERY_ENCODER, {IMAGE_FEATURES: v_img, TOKEN_IDS: ids}))
 
     # --- encoding (event loop) ---------------------------------------------------------------------------------
-    def decode(self, source, name: str) -> np.ndarray:
+    def decode(self, source) -> np.ndarray:
         """Bytes or a path -> [3, S, S] pixels (in a thread pool: Pillow releases the GIL)."""
         return load_and_preprocess(source, self.runtime.bundle.preprocess, max_pixels=self.config.max_image_pixels)
 
@@ -295,9 +295,6 @@ class Generation:
                             "the rest was dropped.")
         return ids[0]
 
-    def check_method(self, method: str, alpha: float | None = None) -> None:
-        self.runtime.check_method(method, alpha)
-
     async def image_features(self, pixels: np.ndarray) -> np.ndarray:
         return await self.batchers[IMAGE_ENCODER].submit(pixels)
 
@@ -305,8 +302,9 @@ class Generation:
         return await self.batchers[TEXT_ENCODER].submit(self.token_ids(text, warnings))
 
     async def encode(self, q: Query) -> tuple[np.ndarray, np.ndarray | None]:
-        """The unit query vector [D], and the unnormalized image feature [D] (None for the text method)."""
-        self.check_method(q.method, q.alpha)
+        """The unit query vector [D], and the unnormalized image feature [D] (None for the text method).
+
+        The caller has checked method and alpha (`Runtime.check_method`) before decoding any image."""
         if q.method == PHI:
             prompt = fill_template(self.runtime.template(q.template), q.text, self.runtime.placeholder)
             ids = self.token_ids(prompt, q.warnings)
@@ -372,10 +370,8 @@ class Service:
         self.config = config
         self.in_flight = 0  # requests being answered, over all generations (the admission limit reads it)
         self._reload_lock = threading.Lock()
-        self.current = Generation(config, self.metrics, pending=self._pending)
-
-    def _pending(self) -> int:
-        return self.in_flight
+        self.metrics.in_flight.set_function(lambda: self.in_flight)
+        self.current = Generation(config, self.metrics, pending=lambda: self.in_flight)
 
     @contextlib.contextmanager
     def use(self):
@@ -383,12 +379,10 @@ class Service:
         while not (generation := self.current).try_enter():
             pass  # a reload retired it between the read and the count: the next read is the new one
         self.in_flight += 1  # only the event loop's thread counts: no lock needed
-        self.metrics.in_flight.inc()
         try:
             yield generation
         finally:
             self.in_flight -= 1
-            self.metrics.in_flight.dec()
             generation.leave()
 
     def reload(self, bundle: str | os.PathLike | None = None, gallery: str | os.PathLike | None = None) -> Generation:
@@ -402,7 +396,7 @@ class Service:
                     raise InputError(f"The {what} to reload, {path}, is not a directory.")
             keep = old.gallery if (config.writable and old.gallery is not None
                                    and config.gallery.resolve() == old.gallery.root.resolve()) else None
-            new = Generation(config, self.metrics, gallery=keep, pending=self._pending)
+            new = Generation(config, self.metrics, gallery=keep, pending=lambda: self.in_flight)
             self.current, self.config = new, config
             old.retire()
             self.metrics.reloads.inc()

@@ -254,15 +254,14 @@ class FaissSqliteStore:
         self, xq: np.ndarray, k: int, exclude: Sequence[Collection[int]] | None = None, filter: str | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         banned = fsearch.excluded_matrix(exclude, xq.shape[0])  # [Q, E]
-        D = np.full((xq.shape[0], k), -np.inf, dtype=np.float32)
-        I = np.full((xq.shape[0], k), fsearch.NO_RESULT, dtype=np.int64)
+        D, I = fsearch.no_results(xq.shape[0], k)
         if not self._count or k <= 0:
             return D, I
         allowed = self.filtered_ids(filter) if filter is not None else None
         n_candidates = self._count if allowed is None else len(allowed)
         if n_candidates == 0:
             return D, I
-        k_search = min(n_candidates, k + int((banned != fsearch.NO_RESULT).sum(axis=1).max()))
+        k_search = fsearch.search_depth(banned, k, n_candidates)
         if allowed is None:
             D_all, I_all = fsearch.search(self.index, xq, k_search, self._cpu_index)  # one call
         else:

@@ -534,13 +534,12 @@ class MilvusStore:
         self, xq: np.ndarray, k: int, exclude: Sequence[Collection[int]] | None = None, filter: str | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         banned = fsearch.excluded_matrix(exclude, xq.shape[0])  # [Q, E]
-        D = np.full((xq.shape[0], k), -np.inf, dtype=np.float32)
-        I = np.full((xq.shape[0], k), fsearch.NO_RESULT, dtype=np.int64)
+        D, I = fsearch.no_results(xq.shape[0], k)
         if filter is not None:
             filter_to_sql(filter)  # only the name/path subset both stores share; errors as the faiss store's
         if not self._count or k <= 0:
             return D, I
-        k_search = min(self._count, k + int((banned != fsearch.NO_RESULT).sum(axis=1).max()))
+        k_search = fsearch.search_depth(banned, k, self._count)
         if k_search > MAX_TOPK:
             raise GalleryError(f"k = {k} (plus excluded items) exceeds Milvus's limit of {MAX_TOPK} results per query.")
         built = self.info.get("built") or {"index_type": "FLAT"}
@@ -549,8 +548,7 @@ class MilvusStore:
         expression = f"id < {self._count}" + (f" and ({filter})" if filter is not None else "")
         hits = self._call("search", self._client.search, self.collection, data=np.ascontiguousarray(xq, dtype=DTYPE),
                           limit=k_search, filter=expression, output_fields=["id"], search_params=params)
-        D_all = np.full((xq.shape[0], k_search), -np.inf, dtype=np.float32)
-        I_all = np.full((xq.shape[0], k_search), fsearch.NO_RESULT, dtype=np.int64)
+        D_all, I_all = fsearch.no_results(xq.shape[0], k_search)
         for q, row in enumerate(hits):
             for r, hit in enumerate(row):
                 D_all[q, r], I_all[q, r] = hit["distance"], hit["id"]
