@@ -44,6 +44,7 @@ from zscir_infer.gallery import Gallery
 from zscir_infer.index_cli import register as register_index
 from zscir_infer.query import QueryRequest, QueryResult, RecallTally, iter_queries, read_batch
 from zscir_infer.runtime import DEFAULT_BATCH_SIZE, Runtime
+from zscir_infer.search import index_device_for
 from zscir_infer.serve.cli import register as register_serve
 
 MAX_ECHOED_BATCH = 50  # queries printed in full; a larger batch prints its summary only
@@ -143,7 +144,7 @@ def query(
     requests = read_batch(batch) if batch else [QueryRequest(reference, text)]
     tally, shown, sheet = RecallTally(k), [], []
     with Runtime(bundle, backend, device, precision, batch_size, threads) as runtime, \
-            Gallery.open(gallery, bundle_id=runtime.bundle_id) as g:
+            Gallery.open(gallery, bundle_id=runtime.bundle_id, index_device=index_device_for(device)) as g:
         used_method = method.value if method else runtime.default_method
         for results in iter_queries(runtime, g, requests, k=k, method=used_method, template=template, alpha=alpha,
                                     exclude_ref=exclude_ref, filter=filter,

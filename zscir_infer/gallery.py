@@ -65,7 +65,7 @@ def file_key(path: str | os.PathLike) -> tuple | str:
 class Gallery:
     """Open with `Gallery.create` or `Gallery.open`; a writable gallery holds the directory's lock."""
 
-    def __init__(self, root: Path, meta: dict, writable: bool):
+    def __init__(self, root: Path, meta: dict, writable: bool, index_device: str = "auto"):
         self.root, self.meta, self.writable = root, meta, writable
         self._lock_fd = self._acquire_lock() if writable else None
         self._file_ids: dict | None = None  # (device, inode) -> ids, built on first need
@@ -75,7 +75,7 @@ class Gallery:
             raise GalleryError(f"Gallery {root} uses store {kind!r}, which this zscir does not have ({sorted(STORES)}).")
         try:
             self.store: VectorStore = STORES[kind](root, meta["index"], meta["embed_dim"], writable,
-                                                   self._save_metadata)
+                                                   self._save_metadata, index_device=index_device)
         except BaseException:
             self.close()
             raise
@@ -92,12 +92,13 @@ class Gallery:
         sources: Sequence[dict] = (),
         store: str = DEFAULT_STORE,
         store_options: dict | None = None,
+        index_device: str = "auto",
     ) -> Gallery:
         """A new empty gallery at root (which must not exist), open for writing.
 
         bundle (its path, for messages) and sources ({"kind", "path"} of what is indexed) are recorded.
         store: `faiss` (embedded, default) or `milvus`; store_options: the milvus store's `uri` (a `.db`
-        for Milvus Lite, relative to root, or http://host:19530) and `collection`.
+        for Milvus Lite, relative to root, or http://host:19530) and `collection`. index_device: as in `open`.
         """
         root = Path(root)
         if store not in STORES:
@@ -125,11 +126,15 @@ class Gallery:
                 atomic_write_json(tmp / METADATA, meta)
         except FileExistsError as exc:
             raise GalleryError(f"{root} already exists: open it, or choose another --out.") from exc
-        return cls(root, meta, writable=True)
+        return cls(root, meta, writable=True, index_device=index_device)
 
     @classmethod
-    def open(cls, root: str | os.PathLike, *, bundle_id: str | None = None, writable: bool = False) -> Gallery:
-        """An existing gallery; with bundle_id, refused unless that bundle encoded it."""
+    def open(cls, root: str | os.PathLike, *, bundle_id: str | None = None, writable: bool = False,
+             index_device: str = "auto") -> Gallery:
+        """An existing gallery; with bundle_id, refused unless that bundle encoded it.
+
+        index_device: where a faiss index is built and searched: `auto` (the GPUs when faiss has them),
+        `cpu`, `gpu`; `zscir_infer.search.index_device_for(runtime_device)` matches a runtime's --device."""
         root = Path(root)
         meta = read_metadata(root)
         if bundle_id is not None and meta["bundle_id"] != bundle_id:
@@ -138,7 +143,7 @@ class Gallery:
                 f"not by the bundle given ({bundle_id}): features of different encoders are not comparable. "
                 f"Use the matching bundle, or build a new gallery with this one: zscir-infer index SRC --out NEW."
             )
-        return cls(root, meta, writable)
+        return cls(root, meta, writable, index_device)
 
     def __enter__(self) -> Gallery:
         return self

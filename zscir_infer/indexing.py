@@ -31,6 +31,7 @@ from zscir_infer.contract import PreprocessConfig
 from zscir_infer.gallery import METADATA, Gallery, GalleryError
 from zscir_infer.preprocess import DEFAULT_MAX_PIXELS, ImageLoadError, load_and_preprocess
 from zscir_infer.runtime import DEFAULT_BATCH_SIZE, Runtime
+from zscir_infer.search import index_device_for
 from zscir_infer.sources import IMAGE_EXTENSIONS, ImageEntry, SourceError, SourceListing, list_images
 from zscir_infer.stores import DEFAULT_STORE
 
@@ -107,8 +108,9 @@ def index_images(
             runtime = bundle if isinstance(bundle, Runtime) else stack.enter_context(
                 Runtime(bundle, backend, device, precision, batch_size))
         bundle_path = bundle.bundle.path if isinstance(bundle, Runtime) else Path(bundle)
+        index_device = index_device_for(runtime.device if runtime is not None else device)
         g = stack.enter_context(_open_gallery(gallery, runtime, bundle_path, listing, add, index,
-                                              StoreChoice(store, uri, collection)))
+                                              StoreChoice(store, uri, collection), index_device))
         if index is not None or search_params:
             _set_index(g, index, dict(search_params or {}), len(listing.entries) if listing else 0)
         summary = IndexSummary(str(g.root), 0, g.meta["index"]["spec"], None,
@@ -181,7 +183,8 @@ class StoreChoice:
 
 
 def _open_gallery(out: Path, runtime: Runtime | None, bundle: Path, listing: SourceListing | None, add: bool,
-                  index_spec: str | None, choice: StoreChoice = StoreChoice()) -> Gallery:
+                  index_spec: str | None, choice: StoreChoice = StoreChoice(),
+                  index_device: str = "auto") -> Gallery:
     """The gallery at out, created when absent; a source it has not indexed needs add."""
     source = {"kind": listing.kind, "path": str(listing.root)} if listing else None
     if not (out / METADATA).is_file():
@@ -191,8 +194,10 @@ def _open_gallery(out: Path, runtime: Runtime | None, bundle: Path, listing: Sou
         return Gallery.create(out, bundle_id=runtime.bundle_id, embed_dim=runtime.embed_dim,
                               index_spec=index_spec or "auto", bundle=str(bundle), sources=[source],
                               store=choice.store or DEFAULT_STORE,
-                              store_options={k: v for k, v in options.items() if v is not None})
-    gallery = Gallery.open(out, bundle_id=runtime.bundle_id if runtime else None, writable=True)
+                              store_options={k: v for k, v in options.items() if v is not None},
+                              index_device=index_device)
+    gallery = Gallery.open(out, bundle_id=runtime.bundle_id if runtime else None, writable=True,
+                           index_device=index_device)
     choice.check_against(gallery)
     if source is not None and source not in gallery.sources:
         if not add:

@@ -22,6 +22,7 @@ defaults from `default_search_params`, and any of them can be overridden.
 from __future__ import annotations
 
 import math
+import warnings
 
 import faiss
 import numpy as np
@@ -164,17 +165,115 @@ def on_gpu(index: faiss.Index) -> bool:
     return any(type(p).__name__.startswith("Gpu") for p in _parts(index))
 
 
-def to_gpu(index: faiss.Index) -> faiss.Index:
-    """The index on all GPUs when faiss has GPUs and the index type runs there; else the index itself.
+INDEX_DEVICES = ("auto", "cpu", "gpu")  # where a gallery's faiss index lives (see resolve_index_device)
+GPU_MEMORY_HEADROOM = 1.5  # an index needs this much more GPU memory than its codes (lists, scratch space)
 
-    HNSW and refine stages have no GPU implementation in faiss; they keep running on the CPU.
-    """
-    if gpu_count() == 0:
-        return index
+
+def resolve_index_device(index_device: str) -> bool:
+    """Whether the index goes to the GPUs: `cpu` never, `gpu` always (refused without GPUs), `auto` when
+    faiss has GPUs. The runtime's `--device cpu` means `cpu`; `cuda`/`tensorrt` mean `auto`."""
+    if index_device not in INDEX_DEVICES:
+        raise IndexSpecError(f"Index device {index_device!r} is not one of {INDEX_DEVICES}.")
+    if index_device == "gpu" and gpu_count() == 0:
+        raise IndexSpecError("The index was asked to run on the GPU, but this faiss sees no GPU: install "
+                             "faiss-gpu (zscir[gpu]) on a machine with an NVIDIA GPU, or use the CPU (--device cpu).")
+    return index_device == "gpu" or (index_device == "auto" and gpu_count() > 0)
+
+
+def index_device_for(runtime_device: str) -> str:
+    """The index device that goes with a runtime --device: the CPU stays on the CPU."""
+    return "cpu" if runtime_device == "cpu" else "auto"
+
+
+def index_bytes(index: faiss.Index, rows: int | None = None) -> int:
+    """The bytes of the index's codes for rows vectors (default: those it holds), a lower bound of what it
+    needs on a GPU; 0 if unknown."""
     try:
-        return faiss.index_cpu_to_all_gpus(index)
-    except RuntimeError:
-        return index
+        return int(index.sa_code_size()) * int(index.ntotal if rows is None else rows)
+    except RuntimeError:  # index types without a standalone code size
+        return 0
+
+
+def gpu_free_memory() -> list[int] | None:
+    """Free bytes on each GPU, from the CUDA runtime of cuda-python (zscir[gpu]); None when unknown."""
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+    except ImportError:
+        try:
+            from cuda import cudart
+        except ImportError:
+            return None
+    err, current = cudart.cudaGetDevice()
+    if int(err) != 0:
+        return None
+    free = []
+    try:
+        for device in range(gpu_count()):
+            (err,) = cudart.cudaSetDevice(device)
+            err, device_free, _ = cudart.cudaMemGetInfo() if int(err) == 0 else (err, 0, 0)
+            if int(err) != 0:
+                return None
+            free.append(int(device_free))
+    finally:
+        cudart.cudaSetDevice(current)
+    return free
+
+
+def plan_gpu_placement(needed: int, free: list[int] | None, n_gpus: int) -> str:
+    """`replicate` (a full copy per GPU: every GPU answers whole queries), `shard` (the vectors split over
+    the GPUs, for an index one GPU cannot hold) or `cpu` (not even split does it fit).
+
+    needed: the index's bytes (0: unknown); free: free bytes per GPU (None: unknown, try replicating)."""
+    if n_gpus == 0:
+        return "cpu"
+    if free is None or not needed:
+        return "replicate"
+    need = needed * GPU_MEMORY_HEADROOM
+    smallest = min(free[:n_gpus])
+    if need <= smallest:
+        return "replicate"
+    if n_gpus > 1 and need / n_gpus <= smallest:
+        return "shard"
+    return "cpu"
+
+
+def _cloner_options(shard: bool):
+    options = faiss.GpuMultipleClonerOptions()
+    options.shard = shard
+    return options
+
+
+def _out_of_memory(exc: RuntimeError) -> bool:
+    text = str(exc).lower()
+    return "out of memory" in text or "cudaerrormemoryallocation" in text or "alloc fail" in text
+
+
+def to_gpu(index: faiss.Index, rows: int | None = None) -> faiss.Index:
+    """The index on the GPUs when faiss has GPUs and the index type runs there; else the index itself.
+
+    A full copy on each GPU when it fits one (`plan_gpu_placement`), else sharded over them; a copy that
+    runs out of memory is retried sharded, then the index stays on the CPU with a warning. HNSW and
+    refine stages have no GPU implementation in faiss; they keep running on the CPU. rows: the vectors
+    an empty index will hold (for the placement), default those it holds.
+    """
+    n_gpus = gpu_count()
+    needed = index_bytes(index, rows)
+    placement = plan_gpu_placement(needed, gpu_free_memory(), n_gpus)
+    if placement == "replicate" and n_gpus > 1:
+        tries = ["replicate", "shard"]
+    else:
+        tries = [placement] if placement != "cpu" else []
+    for attempt in tries:
+        try:
+            return faiss.index_cpu_to_all_gpus(index, co=_cloner_options(attempt == "shard"))
+        except RuntimeError as exc:
+            if not _out_of_memory(exc):
+                return index  # an index type without a GPU implementation: it runs on the CPU
+    if n_gpus:
+        warnings.warn(f"The index ({needed / 2**30:.1f} GiB of codes) does not fit the "
+                      f"{n_gpus} GPU(s): it is searched on the CPU. Use a compressed index (--index ivfpq) to "
+                      "search it on the GPU.", RuntimeWarning, stacklevel=2)
+    return index
 
 
 def to_cpu(index: faiss.Index) -> faiss.Index:
@@ -208,7 +307,7 @@ def build_index(
     search_params = {**default_search_params(index), **(params or {})}
     sample = _training_sample(n, index)  # from the CPU index: a GPU IVF is not a faiss.IndexIVF
     if gpu if gpu is not None else gpu_count() > 0:
-        index = to_gpu(index)
+        index = to_gpu(index, rows=n)
     if not index.is_trained:
         index.train(np.ascontiguousarray(xb[sample], dtype=np.float32))
     add_vectors(index, xb)

@@ -40,6 +40,7 @@ from zscir_infer.errors import InputError, ZscirError
 from zscir_infer.gallery import Gallery, GalleryError, GalleryItem
 from zscir_infer.preprocess import DEFAULT_MAX_PIXELS, load_and_preprocess
 from zscir_infer.runtime import Runtime
+from zscir_infer.search import index_device_for
 from zscir_infer.serve.batching import Batcher
 from zscir_infer.serve.metrics import Metrics
 
@@ -119,6 +120,7 @@ class GalleryWorker:
     def __init__(self, root: Path, bundle_id: str, config: ServeConfig, metrics: Metrics,
                  pending: Callable[[], int] | None = None):
         self.root, self.writable = root, config.writable
+        self.index_device = index_device_for(config.device)
         self.gallery: Gallery | None = None
         self._items_cache: tuple[int, list[GalleryItem]] | None = None
         self.bundle_id = bundle_id
@@ -128,7 +130,8 @@ class GalleryWorker:
         self.users = 1  # generations using this worker
 
     def _open(self) -> None:
-        self.gallery = Gallery.open(self.root, bundle_id=self.bundle_id, writable=self.writable)
+        self.gallery = Gallery.open(self.root, bundle_id=self.bundle_id, writable=self.writable,
+                                    index_device=self.index_device)
 
     def _close(self) -> None:
         if self.gallery is not None:

@@ -236,8 +236,10 @@ class MilvusStore:
 
     kind = "milvus"
 
-    def __init__(self, root: Path, info: dict, dim: int, writable: bool, save_meta: Callable[[], None]):
-        """info: gallery.json's `index` section (uri, collection, bundle_id, spec, params, built, count)."""
+    def __init__(self, root: Path, info: dict, dim: int, writable: bool, save_meta: Callable[[], None],
+                 index_device: str = "auto"):
+        """info: gallery.json's `index` section (uri, collection, bundle_id, spec, params, built, count).
+        index_device is not used: Milvus places its indexes itself (a GPU index type is a --index spec)."""
         self.root, self.info, self.dim, self.writable = root, info, dim, writable
         self._save_meta = save_meta
         self.uri = resolve_uri(info["uri"], root)
