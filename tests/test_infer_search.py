@@ -158,3 +158,39 @@ def test_gpu_flat_equals_cpu_flat(data):
     D, I = index.search(xq, K)
     np.testing.assert_array_equal(I, I_true)
     assert to_cpu(index).ntotal == N
+
+
+@pytest.mark.parametrize("n_queries", [1, 2, 7, 64])
+@pytest.mark.parametrize("k", [1, 10, 999, 1000, 1500])
+def test_flat_search_by_matrix_product_equals_faiss(n_queries, k):
+    """search() answers a CPU flat index's batches with one matrix product + partial selection: the same
+    ids and scores as faiss's own IndexFlatIP search, also for k at and above the gallery size."""
+    from zscir_infer import search as fsearch
+
+    x = clustered_unit_vectors(1000 + n_queries, 32, seed=11)
+    xb, xq = x[:1000], x[1000:]
+    index = build_index(xb, "flat", gpu=False)
+    assert fsearch.flat_vectors(index) is not None
+    D, I = fsearch.search(index, xq, k)
+    D_faiss, I_faiss = index.search(xq, k)
+    found = I_faiss >= 0  # faiss pads with -FLT_MAX, zscir with -inf (both with id -1)
+    assert ((I >= 0) == found).all() and (D[~found] <= np.finfo(np.float32).min).all()
+    np.testing.assert_allclose(D[found], D_faiss[found], atol=1e-5)
+    differ = I != I_faiss  # only where two candidates score the same to float precision (BLAS vs faiss sums)
+    assert differ.mean() < 1e-3
+    exact = (xq[:, None, :] * xb[np.where(I >= 0, I, 0)]).sum(-1), (xq[:, None, :] * xb[np.where(I_faiss >= 0, I_faiss, 0)]).sum(-1)
+    np.testing.assert_allclose(exact[0][differ], exact[1][differ], atol=1e-5)
+    assert D.dtype == np.float32 and I.dtype == np.int64
+
+
+def test_exact_topk_orders_ties_by_id_and_pads_like_faiss():
+    from zscir_infer import search as fsearch
+
+    xb = np.array([[1, 0], [0, 1], [1, 0], [0.6, 0.8], [1, 0]], dtype=np.float32)
+    xq = np.array([[1, 0]], dtype=np.float32)
+    D, I = fsearch.exact_topk(xq, xb, 4, chunk=2)  # ties across chunks
+    assert I.tolist() == [[0, 2, 4, 3]]
+    np.testing.assert_allclose(D, [[1, 1, 1, 0.6]])
+    D, I = fsearch.exact_topk(xq, xb, 7)
+    assert I[0, 5:].tolist() == [fsearch.NO_RESULT] * 2 and np.isneginf(D[0, 5:]).all()
+    assert fsearch.flat_vectors(build_index(xb[:, :2], "IVF1,Flat", gpu=False)) is None  # only flat IP
