@@ -18,7 +18,7 @@ from zscir_bench.stages import RuntimeStages, TorchStages, parse_backend, stage_
 runner = CliRunner()
 BATCHES = (1, 3)
 GALLERY = 500
-CPU_BACKENDS = ["torch", "ort-fp32", "ort-int8"]
+CPU_BACKENDS = ["torch", "torch-trimmed", "ort-fp32", "ort-int8"]
 
 
 def cosines(a, b) -> np.ndarray:
@@ -60,7 +60,7 @@ def test_backend_names_parse_and_bad_ones_say_what_exists():
 
 def test_available_backends_on_a_cpu_machine(tiny_bundle):
     names, skipped = lat.available_backends(tiny_bundle)
-    assert names[:4] == ["torch", "ort-fp32", "ort-fp16", "ort-int8"]
+    assert names[:5] == ["torch", "torch-trimmed", "ort-fp32", "ort-fp16", "ort-int8"]
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -94,6 +94,17 @@ def test_every_stage_computes_the_same_thing_in_pytorch_and_onnx_runtime(tiny_bu
     for stage in ("image_encode", "query_encode", "text_encode"):
         assert cosines(out["ort"][stage], to_np[stage]).min() > 0.9999, stage
     np.testing.assert_array_equal(out["ort"]["end_to_end"][:, 0], to_np["end_to_end"][:, 0])  # same top hit
+    # the trimmed reference: ids cut after the last EOT as the runtime cuts them, the same features
+    trimmed = {stage: np.asarray(call()) for stage, call in stage_calls(TorchStages(reference, xb, threads=2, trim=True),
+                                                                         paths, texts).items()}
+    length = trimmed["tokenize"].shape[1]
+    assert length % 8 == 0 and length < to_np["tokenize"].shape[1]
+    np.testing.assert_array_equal(trimmed["tokenize"], to_np["tokenize"][:, :length])
+    assert not to_np["tokenize"][:, length:].any()  # only padding was cut
+    for stage in ("query_encode", "text_encode"):
+        assert cosines(trimmed[stage], to_np[stage]).min() > 0.99999, stage
+    np.testing.assert_array_equal(trimmed["end_to_end"], to_np["end_to_end"])
+    np.testing.assert_array_equal(out["ort"]["search"], to_np["search"])  # the runtime's search: the same top 10
 
 
 def test_the_report_holds_every_backend_stage_and_batch(tiny_report):
@@ -155,9 +166,20 @@ def test_the_report_is_written_as_json_markdown_and_pngs(report_dir):
 
 def test_latency_targets_read_the_report(tiny_report):
     targets = {t["target"]: t for t in report.latency_targets(tiny_report)}
-    e2e = targets["ORT fp32 composed query, batch 1, vs PyTorch"]
+    e2e = targets["ORT fp32 composed query end to end, batch 1, vs PyTorch"]
     ratio = tiny_report["ratios"]["ort-fp32"]["end_to_end"]["1"]
     assert e2e["met"] == (ratio <= report.TARGET_E2E_RATIO) and f"{ratio:.2f}x" in e2e["measured"]
+    tokens = tiny_report["inputs"]["prompt_tokens"]
+    assert 1 <= tokens["min"] <= tokens["max"] <= tokens["context"]
+    query = targets[f"ORT fp32 query encoding, batch 1, prompts of {tokens['min']}-{tokens['max']} tokens, "
+                    "vs PyTorch (77 positions)"]
+    ratio = tiny_report["ratios"]["ort-fp32"]["query_encode"]["1"]
+    assert query["met"] == (ratio <= report.TARGET_QUERY_RATIO) and f"{ratio:.2f}x" in query["measured"]
+    engine = next(t for name, t in targets.items() if name.startswith("ORT fp32 query encoding, batch 1, vs PyTorch trimmed"))
+    ratio = tiny_report["ratios_trimmed"]["ort-fp32"]["query_encode"]["1"]
+    assert engine["met"] is None and f"{ratio:.2f}x" in engine["measured"]
+    searches = [t for name, t in targets.items() if name.startswith("search stage")]
+    assert len(searches) == 1  # the report ran batches 1 and 3: only batch 1 of the 1/32/128 targets exists
 
 
 def test_cli_refuses_bad_options_with_what_to_do(tiny_bundle, tmp_path):

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from zscir_bench import machine, roofline, samples
-from zscir_bench.stages import STAGES, parse_backend
+from zscir_bench.stages import STAGES, TORCH_TRIMMED, parse_backend
 from zscir_bench.timing import Policy
 from zscir_infer.atomic import atomic_write_json
 from zscir_infer.bundle import load_bundle
@@ -35,7 +35,7 @@ def available_backends(bundle_dir: Path) -> tuple[list[str], dict[str, str]]:
 
     bundle = load_bundle(bundle_dir, verify=False)
     precisions = bundle.precisions("image_encoder")
-    names = [REFERENCE] + [f"ort-{p}" for p in CPU_PRECISIONS if p in precisions]
+    names = [REFERENCE, TORCH_TRIMMED] + [f"ort-{p}" for p in CPU_PRECISIONS if p in precisions]
     skipped = {f"ort-{p}": "not in the bundle (export with --fp16 / --int8)" for p in CPU_PRECISIONS
                if p not in precisions}
     try:
@@ -71,14 +71,14 @@ def flops_of(reference) -> dict[str, int]:
             "query_encode": roofline.query_flops(arch, phi_dims)}
 
 
-def ratios_to_reference(backends: dict) -> dict:
+def ratios_to_reference(backends: dict, reference: str = REFERENCE) -> dict:
     """{backend: {stage: {batch: p50 / reference p50}}} (below 1: faster than PyTorch)."""
-    ref = backends.get(REFERENCE)
+    ref = backends.get(reference)
     if ref is None:
         return {}
     out = {}
     for name, b in backends.items():
-        if name == REFERENCE:
+        if name == reference:
             continue
         out[name] = {
             stage: {batch: s["p50_ms"] / ref["stages"][stage][batch]["p50_ms"]
@@ -153,7 +153,7 @@ def run_latency(
     say = progress or (lambda _msg: None)
     say(f"matrix-multiply peak ({threads} threads)")
     peaks = roofline.measure_peaks(threads, n=peak_size)
-    measured, reference = {}, {}
+    measured, reference, prompt_tokens = {}, {}, None
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         samples.write_jpegs(folder / "images", max(batches))
@@ -170,6 +170,7 @@ def run_latency(
                 continue
             if name == REFERENCE:
                 reference = {"provenance": result.pop("reference"), "flops": result.pop("flops")}
+            prompt_tokens = result.pop("prompt_tokens", None) or prompt_tokens
             measured[name] = result
     static = None
     if int8_static:
@@ -190,13 +191,15 @@ def run_latency(
         "batches": list(batches),
         "gallery_size": gallery_size,
         "inputs": {"images": f"{samples.PHOTO_SIZE[0]}x{samples.PHOTO_SIZE[1]} JPEG files (quality "
-                             f"{samples.JPEG_QUALITY})", "texts": "short modification texts"},
+                             f"{samples.JPEG_QUALITY})", "texts": "short modification texts",
+                   "prompt_tokens": prompt_tokens},
         "isolation": "each backend measured in a fresh process of its own, one after the other",
         "peaks": peaks,
         "flops": reference["flops"],
         "backends": measured,
         "skipped_backends": skipped,
         "ratios": ratios_to_reference(measured),
+        "ratios_trimmed": ratios_to_reference(measured, TORCH_TRIMMED),
         "roofline": rooflines(measured, reference["flops"], peaks),
         "int8_static": static,
         "op_profile": profile,

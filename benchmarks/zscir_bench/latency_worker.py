@@ -13,7 +13,7 @@ from pathlib import Path
 
 from zscir_bench import samples
 from zscir_bench.search_bench import clustered_vectors
-from zscir_bench.stages import RuntimeStages, TorchStages, parse_backend, run_stages
+from zscir_bench.stages import TORCH_TRIMMED, RuntimeStages, TorchStages, parse_backend, run_stages
 from zscir_bench.timing import Policy
 
 
@@ -30,8 +30,12 @@ def measure_backend(request: dict) -> dict:
 
         reference, provenance = reference_for_bundle(bundle, request.get("checkpoint"), request.get("weights"))
         xb, _ = clustered_vectors(request["gallery_size"], reference.embed_dim)
-        adapter = TorchStages(reference, xb, threads)
-        extra = {"reference": provenance, "flops": flops_of(reference)}
+        adapter = TorchStages(reference, xb, threads, trim=spec.name == TORCH_TRIMMED)
+        prompts = adapter.prompts(texts)
+        tokens = adapter.prompt_tokens(prompts)
+        extra = {"prompt_tokens": {"min": min(tokens), "max": max(tokens), "context": int(reference.backbone.context_length)}}
+        if spec.name != TORCH_TRIMMED:
+            extra.update(reference=provenance, flops=flops_of(reference))
     else:
         from zscir_infer.bundle import load_bundle
 

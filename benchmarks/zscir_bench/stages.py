@@ -38,11 +38,17 @@ class BackendSpec:
     precision: str = "fp32"
 
 
+TORCH_TRIMMED = "torch-trimmed"  # the PyTorch reference fed ids cut after the batch's last EOT, as the runtime
+
+
 def parse_backend(name: str) -> BackendSpec:
-    """'torch', 'ort-fp32', 'ort-int8', 'ort-cuda-fp16', 'ort-tensorrt-fp16', 'openvino-fp32' or 'trt-fp16'."""
+    """'torch', 'torch-trimmed', 'ort-fp32', 'ort-int8', 'ort-cuda-fp16', 'ort-tensorrt-fp16', 'openvino-fp32'
+    or 'trt-fp16'."""
     parts = name.strip().lower().split("-")
     if parts == ["torch"]:
         return BackendSpec("torch", "torch")
+    if parts == ["torch", "trimmed"]:
+        return BackendSpec(TORCH_TRIMMED, "torch")
     if parts[0] == "ort" and len(parts) == 2:
         return BackendSpec(name, "ort", "cpu", parts[1])
     if parts[0] == "ort" and len(parts) == 3 and parts[1] in ("cuda", "tensorrt"):
@@ -52,7 +58,7 @@ def parse_backend(name: str) -> BackendSpec:
     if parts[0] == "openvino" and len(parts) == 2:
         return BackendSpec(name, "openvino", "cpu", parts[1])
     raise InputError(
-        f"Unknown backend {name!r}: use torch, ort-PRECISION (CPU), ort-cuda-PRECISION, ort-tensorrt-PRECISION, "
+        f"Unknown backend {name!r}: use torch, torch-trimmed, ort-PRECISION (CPU), ort-cuda-PRECISION, ort-tensorrt-PRECISION, "
         "openvino-PRECISION (CPU) or trt-PRECISION, with PRECISION fp32, fp16 or int8 (as the bundle has them)."
     )
 
@@ -103,16 +109,25 @@ class RuntimeStages:
         return slerp(features, self.text_encode(ids), self.rt.bundle.slerp_alpha)
 
     def search(self, xq: np.ndarray) -> np.ndarray:
-        return self.index.search(np.ascontiguousarray(xq, dtype=np.float32), K)[1]
+        """What a gallery's store runs for a batch: one search call, then the (empty) exclusions dropped."""
+        from zscir_infer import search
+
+        banned = search.excluded_matrix(None, xq.shape[0])
+        return search.drop_excluded(*search.search(self.index, xq, K), banned, K)[1]
 
     def end_to_end(self, pairs: Sequence[tuple[Path, str]]) -> np.ndarray:
         return self.search(self.rt.encode_queries(pairs, method=self.method))
 
 
 class TorchStages:
-    """The PyTorch reference (open_clip + ComposedQueryEncoder), eager, with a torch matmul top-k."""
+    """The PyTorch reference (open_clip + ComposedQueryEncoder), eager, with a torch matmul top-k.
 
-    def __init__(self, reference, xb: np.ndarray, threads: int):
+    trim: feed the text transformer ids cut after the batch's last end-of-text token (rounded up to a
+    multiple of 8, `zscir_infer.contract.trimmed_sequence_length`) as the runtime does, instead of all 77
+    positions as the papers' code does; the same features for a causal tower, so the two references
+    separate what the trimming saves from what the engine saves."""
+
+    def __init__(self, reference, xb: np.ndarray, threads: int, trim: bool = False):
         import torch
 
         torch.set_num_threads(threads)
@@ -121,8 +136,10 @@ class TorchStages:
         self.model = reference.backbone.model
         self.method = "phi" if reference.query_encoder is not None else "slerp"
         self.gallery = torch.from_numpy(xb)  # [G, D]
-        self.spec = BackendSpec("torch", "torch")
-        self.providers = {"all": [f"torch {torch.__version__} eager, {torch.get_num_threads()} threads"]}
+        self.trim = trim
+        self.spec = BackendSpec(TORCH_TRIMMED, "torch") if trim else BackendSpec("torch", "torch")
+        self.providers = {"all": [f"torch {torch.__version__} eager, {torch.get_num_threads()} threads"
+                                  + (", ids trimmed after the last EOT" if trim else "")]}
 
     def prompts(self, texts: Sequence[str]) -> list[str]:
         from zscir_infer.contract import fill_template
@@ -141,14 +158,23 @@ class TorchStages:
         return self.torch.stack(pixels)  # [B, 3, S, S]
 
     def tokenize(self, prompts: Sequence[str]):
-        return self.ref.backbone.tokenizer(list(prompts))
+        ids = self.ref.backbone.tokenizer(list(prompts))
+        if not self.trim:
+            return ids
+        from zscir_infer.contract import trimmed_sequence_length
+
+        return ids[:, : trimmed_sequence_length(int(ids.argmax(dim=1).max()), ids.shape[1])].contiguous()
 
     def image_encode(self, pixels):
         with self.torch.inference_mode():
             return self.model.encode_image(pixels)
 
     def text_encode(self, ids):
+        from zscir_train.composed import encode_text_with_pseudo
+
         with self.torch.inference_mode():
+            if self.trim:  # open_clip's encode_text adds all 77 positional embeddings: slice them to L
+                return encode_text_with_pseudo(self.model, ids)
             return self.model.encode_text(ids)
 
     def query_encode(self, features, ids):
@@ -165,7 +191,15 @@ class TorchStages:
             return self.torch.topk(xq @ self.gallery.T, K, dim=1).indices
 
     def end_to_end(self, pairs: Sequence[tuple[Path, str]]):
-        return self.search(self.ref.encode_queries(pairs, method=self.method))
+        if not self.trim:
+            return self.search(self.ref.encode_queries(pairs, method=self.method))
+        paths, texts = zip(*pairs, strict=True)
+        features = self.image_encode(self.decode_preprocess(paths))
+        return self.search(self.query_encode(features, self.tokenize(self.prompts(texts))))
+
+    def prompt_tokens(self, prompts: Sequence[str]) -> list[int]:
+        """Tokens of each prompt up to and including end-of-text (what trimming keeps at most)."""
+        return [int(i) + 1 for i in self.ref.backbone.tokenizer(list(prompts)).argmax(dim=1)]
 
 
 def stage_calls(stages, paths: Sequence[Path], texts: Sequence[str]) -> dict[str, Callable[[], object]]:
