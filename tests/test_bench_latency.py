@@ -198,3 +198,12 @@ def test_a_backend_that_fails_costs_only_its_own_figures(tmp_path):
                "stages": ["tokenize"], "images": str(tmp_path), "checkpoint": None, "weights": None}
     result, why = lat._run_worker(request, tmp_path, lambda _msg: None)
     assert result is None and "exit code 1" in why and "missing" in why
+
+
+def test_the_int8_ceiling_is_amdahls_bound_from_the_profile_and_the_peaks():
+    fake = {"op_profile": {"graphs": {"image_encoder/fp32": {"gemm_share": 0.8}}},
+            "peaks": {"gemms": [{"name": "ort-matmul-fp32", "best_gflops": 100.0},
+                                {"name": "ort-matmulinteger-int8", "best_gflops": 200.0}]}}
+    ceiling = report.int8_ceiling(fake)
+    assert ceiling["gemm_ratio"] == 2.0 and ceiling["speedup"] == pytest.approx(1 / (0.2 + 0.4))
+    assert report.int8_ceiling({"op_profile": None, "peaks": {"gemms": []}}) is None
