@@ -268,6 +268,30 @@ def cold_start(
     _write(report, out or RESULTS / f"cold-start-{bundle.name}")
 
 
+@command(app, "fusions")
+def fusions(
+    bundle: BundleOpt = None,
+    model: ModelOpt = None,
+    method: MethodOpt = "lincir",
+    work: WorkOpt = DEFAULT_WORK,
+    batch: Annotated[str, typer.Option("--batch", help="Comma-separated batch sizes.")] = "1,32",
+    threads: Threads = None,
+    out: OutOpt = None,
+    quick: QuickOpt = False,
+) -> None:
+    """ONNX Runtime's transformer fusions on the bundle's fp32 graphs: what fuses, parity, speed, decision."""
+    from zscir_bench import fusions as fu
+    from zscir_bench.machine import recorded
+    from zscir_bench.timing import QUICK_POLICY
+
+    bundle, _, _ = _bundle(bundle, model, method, work, None, None)
+    n = _threads(threads)
+    report = recorded("fusions", n, lambda: fu.run_fusions(
+        bundle, int_list(batch, "--batch"), threads=n, policy=QUICK_POLICY if quick else fu.FUSIONS_POLICY,
+        progress=lambda msg: console.log(msg)))
+    _write(report, out or RESULTS / f"fusions-{bundle.name}")
+
+
 @command(app, "train-cost")
 def train_cost(
     models: Annotated[str, typer.Option("--models", help="Comma-separated open_clip architectures (random "

@@ -379,9 +379,38 @@ def cold_start_md(report: dict) -> str:
     return "\n".join(lines)
 
 
+# --- fusions -------------------------------------------------------------------------------------------------
+
+def fusions_md(report: dict) -> str:
+    rows = []
+    for graph, r in report["graphs"].items():
+        for batch, t in r["timings"].items():
+            plain, fused = t["plain"]["p50_ms"], t["fused"]["p50_ms"]
+            seq = (r.get("sequence") or {}).get(batch)
+            rows.append([graph, batch, seq if seq is not None else "–", plain, fused, f"{fused / plain:.3f}x"])
+    decisions = [[g, ", ".join(f"{op} {n}" for op, n in r["fused_ops"].items()) or "nothing", f"{r['min_cosine']:.7f}",
+                  "fused" if r["adopt"] else "plain", r["why"]] for g, r in report["graphs"].items()]
+    lines = [
+        f"# ONNX Runtime transformer fusions: {report['bundle']}", "",
+        f"Created {report['created']} by `{report['command']}`. ONNX Runtime {report['onnxruntime']}'s offline "
+        f"transformer optimizer (model type `{report['model_type']}`) on the bundle's fp32 graphs, against the plain "
+        "graphs as the runtime loads them (every ONNX Runtime graph optimization on at session creation, no "
+        "spin-waiting); both timed in one process, interleaved call by call. Token ids are cut after the batch's "
+        "last end-of-text token as the runtime cuts them.", "",
+        *machine_md(report),
+        "## What the optimizer fused, parity, and the decision", "",
+        *_table(["graph", "fused operators", "min cosine to plain", "export keeps", "why"], decisions),
+        "## p50 ms per call", "",
+        *_table(["graph", "batch", "ids length", "plain", "fused", "fused / plain"], rows),
+        f"A fused graph is adopted only with min cosine >= {report['parity_cosine']} and a p50 at least "
+        f"{100 * report['faster_by']:.0f}% below the plain graph's at every batch.", "",
+    ]
+    return "\n".join(lines)
+
+
 MARKDOWN: dict[str, Callable[[dict], str]] = {
     "latency": latency_md, "search": search_md, "train_cost": train_cost_md, "accuracy": accuracy_md,
-    "cold_start": cold_start_md,
+    "cold_start": cold_start_md, "fusions": fusions_md,
 }
 PLOTS: dict[str, list[tuple[str, Callable]]] = {
     "latency": [("latency_vs_batch.png", plots.latency_vs_batch), ("stage_breakdown.png", plots.stage_breakdown)],

@@ -1,0 +1,152 @@
+"""`zscir-bench fusions`: ONNX Runtime's transformer fusions on a bundle's fp32 graphs, measured.
+
+ONNX Runtime ships an offline optimizer for transformer graphs (`onnxruntime.transformers.optimizer`) that
+fuses attention, layer norm (with the residual add: SkipLayerNormalization), GELU and bias into contrib
+operators. Whether that helps a bundle is measured here, not assumed: for each encoder graph this writes
+the optimizer's result (model type `clip`), counts what it fused, checks fp32 parity against the plain
+graph on real inputs (cosine >= PARITY_COSINE, as the export validation asks), and times both at batch 1
+and 32 in one process, interleaved call by call, with the session options the runtime uses
+(`zscir_infer.backends.ort.OrtSession`: every ORT graph optimization on, no spin-waiting). Token ids are cut
+after the batch's last end-of-text token as the runtime cuts them.
+
+The export adopts the fused graphs only where they are faster by FASTER_BY here and keep parity; the
+report says which, and why.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from zscir_bench import samples
+from zscir_bench.timing import Policy, summarize
+from zscir_infer.bundle import load_bundle
+from zscir_infer.contract import fill_template, trimmed_sequence_length
+from zscir_infer.preprocess import load_image, preprocess
+from zscir_infer.tokenizer import ClipTokenizer
+
+GRAPHS = ("image_encoder", "query_encoder", "text_encoder")
+MODEL_TYPE = "clip"
+PARITY_COSINE = 0.99999
+FASTER_BY = 0.03  # adopt a fused graph only when its p50 is at least 3% below the plain graph's
+DEFAULT_BATCHES = (1, 32)
+FUSIONS_POLICY = Policy(warmup=2, min_reps=10, min_seconds=3.0, max_reps=200)
+
+
+def fuse(src: Path, dst: Path) -> dict[str, int]:
+    """Write ORT's transformer-optimized graph of src to dst; return {fused operator: count} (non-zero)."""
+    from onnxruntime.transformers import optimizer
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    quiet = logging.getLogger("onnxruntime.transformers")
+    level, quiet.level = quiet.level, logging.ERROR
+    try:  # num_heads/hidden_size 0: detected from the graph
+        model = optimizer.optimize_model(str(src), model_type=MODEL_TYPE, num_heads=0, hidden_size=0,
+                                         optimization_options=FusionOptions(MODEL_TYPE), opt_level=0, use_gpu=False)
+    finally:
+        quiet.level = level
+    model.save_model_to_file(str(dst), use_external_data_format=False)
+    return {op: int(n) for op, n in model.get_fused_operator_statistics().items() if n}
+
+
+def feeds_for(bundle, graph: str, batch: int, folder: Path) -> dict[str, np.ndarray]:
+    """Real inputs for one graph at one batch: JPEG photos preprocessed, prompts tokenized and trimmed."""
+    if graph == "image_encoder":
+        paths = samples.write_jpegs(folder, batch)
+        return {"pixels": preprocess([load_image(p) for p in paths], bundle.preprocess)}
+    tokenizer = ClipTokenizer.from_file(bundle.verified(bundle.tokenizer_file), bundle.context_length)
+    texts = samples.modification_texts(batch)
+    if graph == "query_encoder":
+        template = bundle.templates.get("default", "{caption}")
+        texts = [fill_template(template, t, bundle.placeholder) for t in texts]
+    ids = tokenizer(texts, dtype=np.int32)
+    ids = ids[:, : trimmed_sequence_length(int(ids.argmax(axis=1).max()), ids.shape[1])]
+    if graph == "text_encoder":
+        return {"token_ids": ids}
+    features = np.random.default_rng(0).standard_normal((batch, bundle.embed_dim), dtype=np.float32)
+    return {"image_features": features, "token_ids": ids}
+
+
+def _cosine_min(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
+
+
+def interleaved(calls: dict[str, Callable[[], object]], batch: int, policy: Policy) -> dict[str, dict]:
+    """Time several calls alternately (one of each per round), so load changes hit them alike."""
+    import time
+
+    for fn in calls.values():
+        for _ in range(policy.warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    start = time.perf_counter()
+    while True:
+        for name, fn in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+        rounds = len(next(iter(times.values())))
+        if rounds >= policy.max_reps or (rounds >= policy.min_reps and time.perf_counter() - start >= policy.min_seconds
+                                         * len(calls)):
+            break
+    return {name: summarize(t, batch).to_dict() for name, t in times.items()}
+
+
+def run_fusions(bundle_dir: Path, batches: Sequence[int] = DEFAULT_BATCHES, *, threads: int,
+                policy: Policy = FUSIONS_POLICY, progress: Callable[[str], None] | None = None) -> dict:
+    from zscir_infer.backends.ort import OrtSession
+
+    say = progress or (lambda _msg: None)
+    bundle = load_bundle(bundle_dir)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for graph in GRAPHS:
+            spec = bundle.graphs.get((graph, "fp32"))
+            if spec is None:
+                continue
+            say(f"{graph}: ORT transformer optimizer ({MODEL_TYPE})")
+            plain_path = bundle.verified(spec.file)
+            fused_path = folder / f"{graph}.fused.onnx"
+            fused_ops = fuse(plain_path, fused_path)
+            sessions = {name: OrtSession(path, threads=threads, disabled_optimizers=spec.ort_disabled_optimizers)
+                        for name, path in (("plain", plain_path), ("fused", fused_path))}
+            per_batch, cosine, sequence = {}, 1.0, {}
+            for batch in batches:
+                feeds = feeds_for(bundle, graph, batch, folder / f"images-{batch}")
+                if "token_ids" in feeds:
+                    sequence[str(batch)] = int(feeds["token_ids"].shape[1])
+                outs = {name: next(iter(s.infer(feeds).values())) for name, s in sessions.items()}
+                cosine = min(cosine, _cosine_min(outs["plain"], outs["fused"]))
+                say(f"{graph}: plain vs fused at batch {batch}")
+                per_batch[str(batch)] = interleaved({name: (lambda s=s, f=feeds: s.infer(f))
+                                                     for name, s in sessions.items()}, batch, policy)
+            for s in sessions.values():
+                s.close()
+            results[graph] = {"fused_ops": fused_ops, "min_cosine": cosine, "timings": per_batch,
+                              "sequence": sequence or None}
+            results[graph]["adopt"], results[graph]["why"] = decide(results[graph])
+    import onnxruntime as ort
+
+    return {"bundle": bundle.path.name, "bundle_id": bundle.bundle_id, "threads": threads, "batches": list(batches),
+            "model_type": MODEL_TYPE, "onnxruntime": ort.__version__, "parity_cosine": PARITY_COSINE,
+            "faster_by": FASTER_BY, "graphs": results}
+
+
+def decide(result: dict) -> tuple[bool, str]:
+    """(adopt the fused graph?, why): parity first, then faster by FASTER_BY at every batch measured."""
+    if not result["fused_ops"]:
+        return False, "the optimizer fused nothing"
+    if result["min_cosine"] < PARITY_COSINE:
+        return False, f"fp32 parity lost (min cosine {result['min_cosine']:.6f} < {PARITY_COSINE})"
+    gains = {b: 1.0 - t["fused"]["p50_ms"] / t["plain"]["p50_ms"] for b, t in result["timings"].items()}
+    if all(g >= FASTER_BY for g in gains.values()):
+        return True, "faster at every batch: " + ", ".join(f"b{b} {100 * g:+.1f}%" for b, g in gains.items())
+    return False, (f"not faster by {100 * FASTER_BY:.0f}%: "
+                   + ", ".join(f"b{b} {100 * g:+.1f}%" for b, g in gains.items()))
+
