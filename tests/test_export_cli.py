@@ -34,8 +34,9 @@ def test_a_zscir_checkpoint_needs_nothing_else(tiny_lincir_ckpt, tmp_path):
     assert {(g["graph"], g["precision"]) for g in figures["graphs"]} == {
         ("image_encoder", "fp32"), ("query_encoder", "fp32"), ("text_encoder", "fp32")}
     assert all(c["passed"] and c["min_cosine"] >= 0.99999 for g in figures["graphs"] for c in g["checks"])
-    assert sorted(p.parent.name for p in triton.glob("*/config.pbtxt")) == ["image_encoder", "query_encoder",
-                                                                             "text_encoder"]
+    assert sorted(p.parent.name for p in triton.glob("*/config.pbtxt")) == [
+        "composed_query", "image_embedding", "image_encoder", "normalize", "preprocess", "query_encoder",
+        "query_tokenizer", "text_embedding", "text_encoder", "text_tokenizer"]  # encoders + raw-input ensembles
     again = export("--ckpt", tiny_lincir_ckpt, "--out", out)
     assert again.exit_code == 1 and "already exists" in again.output and "--force" in again.output
 

@@ -4,6 +4,7 @@
     zscir-export --ckpt lincir_vitl.pt --model ViT-L-14 --pretrained openai --out bundle/ --force
     zscir-export --method slerp --model ViT-B-32 --pretrained laion2b_s34b_b79k --int8
     zscir-export --ckpt tat.safetensors --triton models/ --triton-kind gpu --triton-tensorrt
+    zscir-export --ckpt lincir.safetensors --fp16 --engine trt --triton models/ --triton-engine tensorrt_plan
     zscir-export --method sum --model path/to/BGE-VL-base      # a Hugging Face CLIP folder (or: bge-vl-base)
 """
 
@@ -22,7 +23,16 @@ from zscir_export.bundle import ExportOptions, ExportResult, export_bundle
 from zscir_export.model_source import resolve_source
 from zscir_export.report import export_report
 from zscir_export.tensorrt_build import EngineOptions
-from zscir_export.triton import DEFAULT_MAX_BATCH, TritonOptions, write_triton_repository
+from zscir_export.triton import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_PREFERRED_BATCHES,
+    ENGINES,
+    ONNX,
+    TENSORRT_PLAN,
+    TritonError,
+    TritonOptions,
+    write_triton_repository,
+)
 from zscir_infer.atomic import atomic_write_json
 from zscir_infer.cli_style import DEFAULT_BUNDLE, Profile, command, err_console
 from zscir_infer.contract import DEFAULT_SLERP_ALPHA, EXPORT_SOURCES, PREPROCESS_CHOICES, SEARLE_TARGET_RATIO
@@ -95,12 +105,26 @@ def export(
     timing_cache_dir: Annotated[Path | None, typer.Option(help="Where TensorRT timing caches are kept.")] = None,
     triton: Annotated[Path | None, typer.Option("--triton", help="Also write a Triton model repository here.")]
     = None,
-    triton_precision: Annotated[str | None, typer.Option(help="Graphs for Triton (default fp16 with --fp16).")]
+    triton_precision: Annotated[str | None, typer.Option(
+        help="Graphs for Triton (default fp16 with --fp16; with tensorrt_plan the first --trt-precision).")]
     = None,
     triton_max_batch: Annotated[int, typer.Option(min=1)] = DEFAULT_MAX_BATCH,
     triton_kind: Annotated[str, typer.Option(help="Triton instance kind: gpu or cpu.")] = "gpu",
     triton_instances: Annotated[int, typer.Option(min=1)] = 1,
-    triton_tensorrt: Annotated[bool, typer.Option(help="ONNX Runtime's TensorRT accelerator in Triton.")] = False,
+    triton_tensorrt: Annotated[bool, typer.Option(help="ONNX Runtime's TensorRT accelerator in Triton (its "
+                                                  "profiles: --profile).")] = False,
+    triton_engine: Annotated[str, typer.Option(help=f"Triton encoders: {' or '.join(ENGINES)} (the bundle's "
+                                               "TensorRT engines, e.g. from --engine trt).")] = ONNX,
+    triton_compute_capability: Annotated[str | None, typer.Option(
+        help="tensorrt_plan: the engines for this GPU generation (e.g. 9.0) when the bundle holds several.")] = None,
+    triton_tensorrt_version: Annotated[str | None, typer.Option(
+        help="tensorrt_plan: the engines of this TensorRT version (the Triton container's, e.g. 10.3).")] = None,
+    triton_trt_cache_dir: Annotated[str | None, typer.Option(
+        help="--triton-tensorrt: absolute directory on the server for engine and timing caches (default "
+             "/models/<model>/trt_cache).")] = None,
+    triton_ensemble: Annotated[bool, typer.Option(
+        help="Also write Python-backend preprocessing/tokenizer models and ensembles that take raw image bytes "
+             "and text (the server needs zscir installed: docs/triton.md).")] = True,
     report: Annotated[Path | None, typer.Option(help="Write the export's figures (JSON) here.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar or table.")] = False,
 ) -> None:
@@ -111,9 +135,18 @@ def export(
     if triton is not None:
         if triton.exists() and not force:
             raise OutputExistsError(f"{triton} already exists: pass --force to replace it, or choose another --triton.")
-        triton_options = TritonOptions(triton_precision or ("fp16" if fp16 else "fp32"), triton_max_batch,
+        if triton_engine == TENSORRT_PLAN and engine is None:
+            raise TritonError("--triton-engine tensorrt_plan serves the engines --engine trt builds: add it (on a "
+                              "GPU like the server's), or use --triton-engine onnx.")
+        default_precision = trt_precision[0] if triton_engine == TENSORRT_PLAN else "fp16" if fp16 else "fp32"
+        preferred = tuple(b for b in DEFAULT_PREFERRED_BATCHES if b <= triton_max_batch) or (triton_max_batch,)
+        triton_options = TritonOptions(triton_precision or default_precision, triton_max_batch, preferred,
                                        instance_kind=triton_kind, instance_count=triton_instances,
-                                       tensorrt=triton_tensorrt)
+                                       tensorrt=triton_tensorrt, engine=triton_engine,
+                                       compute_capability=triton_compute_capability,
+                                       tensorrt_version=triton_tensorrt_version,
+                                       profiles=tuple(parse_profile(p) for p in profile or []) or DEFAULT_PROFILES,
+                                       trt_cache_dir=triton_trt_cache_dir, ensemble=triton_ensemble)
     if out.exists() and not force:
         raise OutputExistsError(f"{out} already exists: pass --force to replace it, or choose another --out.")
     source = resolve_source(ckpt, model, pretrained, method, preprocess)
