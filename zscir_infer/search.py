@@ -44,7 +44,8 @@ REFINE_K_FACTOR = 16  # the shortlist IVF-PQ hands to the exact re-ranking, in m
 ADD_CHUNK = 65_536  # vectors added per call, bounding the temporary copies
 GPU_MAX_K = 2048  # faiss's GPU indexes answer at most this many neighbours per query (and nprobe at most this)
 GPU_MAX_NPROBE = 2048
-FLAT_BLAS_MIN_QUERIES = 2  # batches from this size search a CPU flat index by exact_topk (see search)
+FLAT_BLAS_MIN_QUERIES = 1  # batches from this size search a CPU flat index by exact_topk (see search)
+GEMV_MAX_QUERIES = 8  # below this many queries exact_topk scores one query at a time (matrix-vector products)
 
 
 class IndexSpecError(ZscirError, ValueError):
@@ -401,8 +402,9 @@ def exact_topk(xq: np.ndarray, xb: np.ndarray, k: int, rows: np.ndarray | None =
     (ids: row numbers of xb), padded with -inf / NO_RESULT when there are fewer than k.
 
     One BLAS matrix product per chunk of rows and a partial selection (`argpartition`): what a flat search
-    amounts to, and at batch 8-128 several times faster than faiss's IndexFlat search on CPU, whose
-    per-query heaps do the selection (zscir-bench latency, search stage). xb may be a memmap larger than
+    amounts to. Over 10k x 512 on 2 AVX2 cores (ms, faiss IndexFlatIP search / this / torch matmul+topk):
+    batch 1 2.0/1.0/3.1, 8 9.4/4.3/7.4, 32 37/9.0/11.7, 128 126/23/23: faiss's per-query heaps do the
+    selection; OpenBLAS's GEMM is slow for 2-7 rows (3.9 ms at 2), so those take one GEMV per query. xb may be a memmap larger than
     memory: only `chunk` rows are read at a time."""
     xq = np.ascontiguousarray(xq, dtype=np.float32)
     n = xb.shape[0] if rows is None else len(rows)
@@ -410,7 +412,11 @@ def exact_topk(xq: np.ndarray, xb: np.ndarray, k: int, rows: np.ndarray | None =
     for lo in range(0, n, chunk):
         ids = np.arange(lo, min(lo + chunk, n)) if rows is None else np.asarray(rows[lo : lo + chunk])
         block = xb[lo : lo + chunk] if rows is None else xb[ids]
-        scores = xq @ np.ascontiguousarray(block, dtype=np.float32).T  # [Q, C]
+        block = np.ascontiguousarray(block, dtype=np.float32)
+        if xq.shape[0] < GEMV_MAX_QUERIES:  # OpenBLAS's GEMM is slow for 2-7 rows; one GEMV per query is not
+            scores = np.stack([block @ q for q in xq]) if len(xq) else np.empty((0, len(block)), np.float32)
+        else:
+            scores = xq @ block.T  # [Q, C]
         if scores.shape[1] > k:
             top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
             scores, cand = np.take_along_axis(scores, top, axis=1), ids[top]
