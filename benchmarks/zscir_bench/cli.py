@@ -7,6 +7,7 @@
     zscir-bench search --engines local,ray --bundle zscir-out/bundle --images 2000
     zscir-bench cold-start --model ViT-B-32
     zscir-bench train-cost --models zscir-tiny,ViT-B-32,ViT-L-14
+    zscir-bench load                                     # idle vs every core busy, threads x wait policies
     zscir-bench accuracy --world zscir-out/world --checkpoint lincir.safetensors --checkpoint pic2word.safetensors
 
 Commands parse and validate, call the library, and write `{kind}.json`, `{kind}.md` and plots to --out.
@@ -324,6 +325,42 @@ def train_cost(
     _write(recorded("train_cost", n, body), out or RESULTS / "train-cost")
 
 
+@command(app, "load")
+def load_bench(
+    models: Annotated[str, typer.Option(
+        "--models", help="Comma-separated open_clip architectures whose bundles (random weights, exported into --work "
+        "once) are encoded; empty: no encoding figures.")] = "world-clip,ViT-B-32",
+    loads: Annotated[str, typer.Option("--loads", help="Comma-separated background loads: python, threaded.")]
+    = "python,threaded",
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Idle/loaded pairs per configuration and load.")] = 2,
+    train: Annotated[bool, typer.Option(help="Measure LinCIR training on the world (world-clip, batch 128).")] = True,
+    work: WorkOpt = DEFAULT_WORK,
+    out: OutOpt = None,
+    quick: QuickOpt = False,
+) -> None:
+    """Training and encoding throughput idle vs with every core busy, per thread count and wait policy."""
+    from zscir_bench import load as ld
+    from zscir_bench.machine import default_threads, recorded
+    from zscir_bench.timing import QUICK_POLICY
+
+    kinds = str_list(loads)
+    unknown = [k for k in kinds if k not in ld.LOADS]
+    if unknown or not kinds:
+        raise UsageError(f"--loads {loads!r}: use one or more of {', '.join(ld.LOADS)}.")
+    bundles = {}
+    for name in str_list(models):
+        console.print(f"Exporting {name} (lincir, random weights) into {work} (reused when present)...")
+        bundles[name], _, _ = _bundle(None, name, "lincir", work, None, None)
+    cores = default_threads()
+    policies = (QUICK_POLICY, QUICK_POLICY) if quick else (ld.TRAIN_POLICY, ld.ENCODE_POLICY)
+    report = recorded("load", cores, lambda: ld.run_load(
+        cores, bundles, kinds, 1 if quick else rounds, *policies, work=work / "load", train=train,
+        progress=lambda msg: console.log(msg) if msg.startswith("[") else None))
+    report["load"]["shared"] = ld.others_shared(report)  # the load average counts our own background load
+    for path in ld.write_load_report(report, out or RESULTS / "load"):
+        typer.echo(f"wrote {path}")
+
+
 @command(app, "accuracy")
 def accuracy(
     world: Annotated[Path, typer.Option("--world", exists=True, file_okay=False,
@@ -370,6 +407,7 @@ def run_all(
     search_bench(threads=threads)
     cold_start(model=model, work=work, threads=threads)
     train_cost(threads=threads)
+    load_bench(work=work)  # ~10 min: every configuration idle and with every core busy
     if world is not None:
         accuracy(world=world, checkpoint=checkpoint, work=work, threads=threads)
 
