@@ -3,9 +3,15 @@
 torch is imported lazily (in the fixtures that need it, and here only to cap its threads): the runtime's
 tests run in an environment without torch (the base install), see tests/test_infer_torch_free.py."""
 
+import os
 from pathlib import Path
 
 import pytest
+
+# OpenMP threads sleep at barriers instead of spinning (zscir-train sets the same): torch's spinning
+# threads in one test process took the cores from every other process on a 2-core machine
+# (results/bench/load). Set before anything imports torch; a value already in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 TORCH_THREADS = 2
 TINY_BACKBONE_SEED = 20241201

@@ -46,6 +46,14 @@ def provider_list(kind: str, device_id: int, cache_key: str = "") -> list:
     return [trt, cuda, CPU]
 
 
+def default_intra_op_threads() -> int:
+    """Intra-op threads of a session when none are given: every core this process may run on (its CPU
+    affinity: a container or `taskset` limited to fewer cores than the machine has gets that many)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
 DISABLE_OPTIMIZERS_KEY = "optimization.disable_specified_optimizers"  # comma-separated optimizer names
 
 
@@ -72,7 +80,7 @@ class OrtSession:
             )
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.intra_op_num_threads = threads or default_intra_op_threads()
         options.inter_op_num_threads = 1
         # No spin-waiting: a composed query runs two sessions one after the other (image encoder, then
         # query encoder), and the idle one's spinning threads took the cores from the busy one (end-to-end
