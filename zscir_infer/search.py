@@ -205,19 +205,22 @@ def gpu_free_memory() -> list[int] | None:
             from cuda import cudart
         except ImportError:
             return None
-    err, current = cudart.cudaGetDevice()
-    if int(err) != 0:
+    try:  # advisory: any failure of the CUDA runtime (no driver, library not loadable) means "unknown"
+        err, current = cudart.cudaGetDevice()
+        if int(err) != 0:
+            return None
+        free = []
+        try:
+            for device in range(gpu_count()):
+                (err,) = cudart.cudaSetDevice(device)
+                err, device_free, _ = cudart.cudaMemGetInfo() if int(err) == 0 else (err, 0, 0)
+                if int(err) != 0:
+                    return None
+                free.append(int(device_free))
+        finally:
+            cudart.cudaSetDevice(current)
+    except (RuntimeError, OSError):
         return None
-    free = []
-    try:
-        for device in range(gpu_count()):
-            (err,) = cudart.cudaSetDevice(device)
-            err, device_free, _ = cudart.cudaMemGetInfo() if int(err) == 0 else (err, 0, 0)
-            if int(err) != 0:
-                return None
-            free.append(int(device_free))
-    finally:
-        cudart.cudaSetDevice(current)
     return free
 
 
