@@ -12,7 +12,7 @@ import pytest
 
 from zscir_infer import Runtime
 from zscir_infer.backends.ort import OrtSession
-from zscir_infer.contract import SEQUENCE_MULTIPLE, trimmed_sequence_length
+from zscir_infer.contract import SEQUENCE_MULTIPLE, trimmed_ids, trimmed_sequence_length
 
 PARITY = 1e-5  # fp32 max abs vs the PyTorch reference (as the golden parity tests)
 SAME = 1e-6  # trimmed vs full length: the same graph, the same features
@@ -67,6 +67,20 @@ def test_the_trimmed_length_rule():
     rule = {0: 8, 1: 8, 7: 8, 8: 16, 11: 16, 15: 16, 16: 24, 63: 64, 64: 72, 71: 72, 72: 77, 75: 77, 76: 77}
     assert {eot: trimmed_sequence_length(eot, 77) for eot in rule} == rule
     assert trimmed_sequence_length(3, 5) == 5  # never above the context
+
+
+def test_trimmed_ids_cut_a_batch_after_its_last_eot():
+    ids = np.zeros((2, 77), np.int32)
+    ids[0, :4] = [49406, 320, 1125, 49407]  # EOT at 3
+    ids[1, :10] = [49406, *range(320, 328), 49407]  # EOT at 9: the batch is cut at 16
+    cut = trimmed_ids(ids)
+    assert cut.shape == (2, 16) and np.shares_memory(cut, ids) and (cut == ids[:, :16]).all()
+    assert trimmed_ids(ids, context_length=12).shape == (2, 12)  # never above the context
+    full = np.zeros((1, 8), np.int32)
+    full[0, :2] = [49406, 49407]
+    assert trimmed_ids(full) is full  # nothing to cut: the ids themselves
+    empty = np.zeros((0, 77), np.int32)
+    assert trimmed_ids(empty) is empty
 
 
 @pytest.mark.parametrize("bundle_fixture", BUNDLES)

@@ -265,3 +265,15 @@ def trimmed_sequence_length(longest_eot: int, context_length: int) -> int:
     capped at the context length (at least 1)."""
     needed = max(int(longest_eot) + 1, 1)
     return min(-(-needed // SEQUENCE_MULTIPLE) * SEQUENCE_MULTIPLE, int(context_length))
+
+
+def trimmed_ids(ids, context_length: int | None = None):
+    """ids [B, L] (numpy or torch) cut after the batch's last end-of-text token, at
+    `trimmed_sequence_length` (EOT is the largest id, so its position is the row's argmax): a view, the
+    ids themselves when nothing is cut or the batch is empty. The one cutting rule of the runtime, the
+    export validation, the Triton tokenizers and the benchmarks."""
+    if len(ids) == 0:
+        return ids
+    limit = ids.shape[1] if context_length is None else min(ids.shape[1], int(context_length))
+    length = trimmed_sequence_length(int(ids.argmax(1).max()), limit)
+    return ids if length == ids.shape[1] else ids[:, :length]

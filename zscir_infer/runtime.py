@@ -62,7 +62,7 @@ from zscir_infer.contract import (
     TOKEN_IDS,
     TemplateError,
     fill_template,
-    trimmed_sequence_length,
+    trimmed_ids,
 )
 from zscir_infer.errors import InputError
 from zscir_infer.preprocess import load_image, preprocess
@@ -272,10 +272,9 @@ class Runtime:
     def trim_token_ids(self, graph: str, ids: np.ndarray) -> np.ndarray:
         """The ids `graph` is fed: cut to `trimmed_sequence_length` of the batch's longest EOT position
         where the graph is sequence-adaptive (and trim_sequence is on); else as given."""
-        if not self.trim_sequence or ids.ndim != 2 or ids.size == 0 or not self.sequence_adaptive(graph):
+        if not self.trim_sequence or ids.ndim != 2 or not self.sequence_adaptive(graph):
             return ids
-        length = trimmed_sequence_length(int(ids.argmax(axis=1).max()), min(ids.shape[1], self.bundle.context_length))
-        return ids if length == ids.shape[1] else np.ascontiguousarray(ids[:, :length])
+        return np.ascontiguousarray(trimmed_ids(ids, self.bundle.context_length))
 
     def run_graph(self, graph: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """One call of one graph, unbatched: its output [B, D] float32 (e.g. for per-stage timing).

@@ -39,7 +39,7 @@ from zscir_infer.contract import (
     TEXT_ENCODER,
     TOKEN_IDS,
     fill_template,
-    trimmed_sequence_length,
+    trimmed_ids,
 )
 from zscir_infer.errors import ZscirError
 
@@ -152,9 +152,7 @@ def check_graph(spec: GraphSpec, path, precision: str, feeds: dict[str, np.ndarr
     for rows in (slice(0, batch), slice(0, 1)):
         runs = [{n: a[rows] for n, a in feeds.items()}]
         if spec.sequence_adaptive:  # the ids cut after the last EOT, as the runtime feeds them: same outputs
-            ids = runs[0][TOKEN_IDS]
-            length = trimmed_sequence_length(int(ids.argmax(axis=1).max()), ids.shape[1])
-            runs.append({**runs[0], TOKEN_IDS: np.ascontiguousarray(ids[:, :length])})
+            runs.append({**runs[0], TOKEN_IDS: np.ascontiguousarray(trimmed_ids(runs[0][TOKEN_IDS]))})
         for run in runs:
             outputs = session.run([t.name for t in spec.outputs], run)
             for t, got in zip(spec.outputs, outputs, strict=True):

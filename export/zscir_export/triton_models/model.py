@@ -33,7 +33,7 @@ try:
         PreprocessConfig,
         fill_template,
         sha256_file,
-        trimmed_sequence_length,
+        trimmed_ids,
     )
     from zscir_infer.preprocess import load_image, preprocess_image
     from zscir_infer.runtime import average, normalize, slerp, sum_query
@@ -103,10 +103,7 @@ class Tokenize:
             for i in np.flatnonzero(~(ids == self.placeholder_id).any(axis=1)):
                 _warn(f"Prompt {prompts[i][:SHOWN_CHARS]!r} lost its placeholder to truncation: the reference "
                       "image does not reach this query.")
-        if self.trim and ids.size:
-            length = trimmed_sequence_length(int(ids.argmax(axis=1).max()), min(ids.shape[1], self.context_length))
-            ids = np.ascontiguousarray(ids[:, :length])
-        return ids
+        return np.ascontiguousarray(trimmed_ids(ids, self.context_length)) if self.trim else ids
 
 
 class Normalize:
