@@ -14,6 +14,7 @@ from zscir_bench.cli import app
 from zscir_bench.reference_model import reference_for_bundle
 from zscir_bench.search_bench import clustered_vectors
 from zscir_bench.stages import RuntimeStages, TorchStages, parse_backend, stage_calls
+from zscir_bench.worker import run_worker
 
 runner = CliRunner()
 BATCHES = (1, 3)
@@ -196,7 +197,7 @@ def test_a_backend_that_fails_costs_only_its_own_figures(tmp_path):
     request = {"backend": "ort-fp32", "bundle": str(tmp_path / "missing"), "batches": [1], "threads": 1,
                "policy": {"warmup": 0, "min_reps": 1, "min_seconds": 0.0, "max_reps": 1}, "gallery_size": 10,
                "stages": ["tokenize"], "images": str(tmp_path), "checkpoint": None, "weights": None}
-    result, why = lat._run_worker(request, tmp_path, lambda _msg: None)
+    result, why = run_worker("zscir_bench.latency_worker", request, tmp_path, "ort-fp32", lambda _msg: None)
     assert result is None and "exit code 1" in why and "missing" in why
 
 

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from zscir_bench import load as ld
 from zscir_bench.cli import app
 from zscir_bench.machine import recorded
+from zscir_bench.report import write_report
 from zscir_bench.timing import QUICK_POLICY
 
 runner = CliRunner()
@@ -181,7 +182,7 @@ def test_the_report_has_a_table_per_workload_the_default_marked_and_a_plot(tmp_p
             "train": {"model": "world-clip", "batch": 128, "captions": 512}, "bundles": {"world-clip": "world-clip-lincir"},
             "defaults": defaults, "runs": _runs(), "tables": ld.summarize(_runs(), loads, defaults)}
     report = recorded("load", 2, lambda: body)
-    paths = ld.write_load_report(report, tmp_path)
+    paths = write_report(report, tmp_path)
     assert [p.name for p in paths] == ["load.json", "load.md", "load.png"]
     assert json.loads(paths[0].read_text())["tables"] == body["tables"]
     md = paths[1].read_text()

@@ -50,14 +50,14 @@ def _cpu_seconds_ticks() -> float:
 
 def test_cpu_ticks_are_this_process_user_plus_system_time_and_grow_with_work():
     before = _cpu_seconds_ticks()
-    name, ticks = machine._cpu_ticks(str(os.getpid()))
+    name, ticks = machine.cpu_ticks(str(os.getpid()))
     after = _cpu_seconds_ticks()
     assert name == Path("/proc/self/comm").read_text().strip()
     assert before - 1 <= ticks <= after + 1  # utime + stime, in clock ticks (not one of the two, not jiffies of another field)
     deadline = time.process_time() + 0.3
     while time.process_time() < deadline:  # burn 0.3 s of CPU
         pass
-    _, later = machine._cpu_ticks(str(os.getpid()))
+    _, later = machine.cpu_ticks(str(os.getpid()))
     assert later - ticks >= 0.2 * os.sysconf("SC_CLK_TCK")
 
 
@@ -69,14 +69,14 @@ def test_cpu_ticks_parse_a_process_name_with_parentheses_and_spaces(tmp_path):
     child = subprocess.Popen([str(odd), "-c", "while True: pass"])
     try:
         time.sleep(0.5)
-        name, ticks = machine._cpu_ticks(str(child.pid))
+        name, ticks = machine.cpu_ticks(str(child.pid))
         elapsed_ticks = (time.monotonic() - started) * os.sysconf("SC_CLK_TCK")
         assert name == "a) (b c"
         assert 1 <= ticks <= elapsed_ticks + 1  # a busy loop's CPU time: not a field shifted by the name
     finally:
         child.kill()
         child.wait()
-    assert machine._cpu_ticks(str(child.pid)) is None  # gone: no entry, no exception
+    assert machine.cpu_ticks(str(child.pid)) is None  # gone: no entry, no exception
 
 
 def test_a_run_is_shared_when_someone_else_was_busy_or_the_load_was_high():

@@ -357,8 +357,7 @@ def load_bench(
         cores, bundles, kinds, 1 if quick else rounds, *policies, work=work / "load", train=train,
         progress=lambda msg: console.log(msg) if msg.startswith("[") else None))
     report["load"]["shared"] = ld.others_shared(report)  # the load average counts our own background load
-    for path in ld.write_load_report(report, out or RESULTS / "load"):
-        typer.echo(f"wrote {path}")
+    _write(report, out or RESULTS / "load")
 
 
 @command(app, "accuracy")

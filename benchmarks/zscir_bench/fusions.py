@@ -5,7 +5,7 @@ fuses attention, layer norm (with the residual add: SkipLayerNormalization), GEL
 operators. Whether that helps a bundle is measured here, not assumed: for each encoder graph this writes
 the optimizer's result (model type `clip`), counts what it fused, checks fp32 parity against the plain
 graph on real inputs (cosine >= PARITY_COSINE, as the export validation asks), and times both at batch 1
-and 32 in one process, interleaved call by call, with the session options the runtime uses
+and 32 in one process, interleaved call by call (`timing.measure_interleaved`), with the session options the runtime uses
 (`zscir_infer.backends.ort.OrtSession`: every ORT graph optimization on, no spin-waiting). Token ids are cut
 after the batch's last end-of-text token as the runtime cuts them.
 
@@ -23,13 +23,19 @@ from pathlib import Path
 import numpy as np
 
 from zscir_bench import samples
-from zscir_bench.timing import Policy, summarize
-from zscir_infer.bundle import load_bundle
-from zscir_infer.contract import fill_template, trimmed_sequence_length
-from zscir_infer.preprocess import load_image, preprocess
-from zscir_infer.tokenizer import ClipTokenizer
+from zscir_bench.timing import Policy, measure_interleaved
+from zscir_infer.contract import (
+    IMAGE_ENCODER,
+    IMAGE_FEATURES,
+    PIXELS,
+    QUERY_ENCODER,
+    TEXT_ENCODER,
+    TOKEN_IDS,
+    fill_template,
+)
+from zscir_infer.runtime import Runtime
 
-GRAPHS = ("image_encoder", "query_encoder", "text_encoder")
+GRAPHS = (IMAGE_ENCODER, QUERY_ENCODER, TEXT_ENCODER)
 MODEL_TYPE = "clip"
 PARITY_COSINE = 0.99999
 FASTER_BY = 0.03  # adopt a fused graph only when its p50 is at least 3% below the plain graph's
@@ -53,22 +59,19 @@ def fuse(src: Path, dst: Path) -> dict[str, int]:
     return {op: int(n) for op, n in model.get_fused_operator_statistics().items() if n}
 
 
-def feeds_for(bundle, graph: str, batch: int, folder: Path) -> dict[str, np.ndarray]:
-    """Real inputs for one graph at one batch: JPEG photos preprocessed, prompts tokenized and trimmed."""
-    if graph == "image_encoder":
-        paths = samples.write_jpegs(folder, batch)
-        return {"pixels": preprocess([load_image(p) for p in paths], bundle.preprocess)}
-    tokenizer = ClipTokenizer.from_file(bundle.verified(bundle.tokenizer_file), bundle.context_length)
+def feeds_for(rt: Runtime, graph: str, batch: int, folder: Path) -> dict[str, np.ndarray]:
+    """Real inputs for one graph at one batch, prepared by the runtime: JPEG photos preprocessed, prompts
+    (the template filled, for the query encoder) tokenized and trimmed."""
+    if graph == IMAGE_ENCODER:
+        return {PIXELS: rt.preprocess(samples.write_jpegs(folder, batch))}
     texts = samples.modification_texts(batch)
-    if graph == "query_encoder":
-        template = bundle.templates.get("default", "{caption}")
-        texts = [fill_template(template, t, bundle.placeholder) for t in texts]
-    ids = tokenizer(texts, dtype=np.int32)
-    ids = ids[:, : trimmed_sequence_length(int(ids.argmax(axis=1).max()), ids.shape[1])]
-    if graph == "text_encoder":
-        return {"token_ids": ids}
-    features = np.random.default_rng(0).standard_normal((batch, bundle.embed_dim), dtype=np.float32)
-    return {"image_features": features, "token_ids": ids}
+    if graph == QUERY_ENCODER:
+        texts = [fill_template(rt.template(), t, rt.placeholder) for t in texts]
+    ids = rt.trim_token_ids(graph, rt.token_ids(texts))
+    if graph == TEXT_ENCODER:
+        return {TOKEN_IDS: ids}
+    features = np.random.default_rng(0).standard_normal((batch, rt.embed_dim), dtype=np.float32)
+    return {IMAGE_FEATURES: features, TOKEN_IDS: ids}
 
 
 def _cosine_min(a: np.ndarray, b: np.ndarray) -> float:
@@ -76,36 +79,14 @@ def _cosine_min(a: np.ndarray, b: np.ndarray) -> float:
     return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
 
 
-def interleaved(calls: dict[str, Callable[[], object]], batch: int, policy: Policy) -> dict[str, dict]:
-    """Time several calls alternately (one of each per round), so load changes hit them alike."""
-    import time
-
-    for fn in calls.values():
-        for _ in range(policy.warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    start = time.perf_counter()
-    while True:
-        for name, fn in calls.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-        rounds = len(next(iter(times.values())))
-        if rounds >= policy.max_reps or (rounds >= policy.min_reps and time.perf_counter() - start >= policy.min_seconds
-                                         * len(calls)):
-            break
-    return {name: summarize(t, batch).to_dict() for name, t in times.items()}
-
-
 def run_fusions(bundle_dir: Path, batches: Sequence[int] = DEFAULT_BATCHES, *, threads: int,
                 policy: Policy = FUSIONS_POLICY, progress: Callable[[str], None] | None = None) -> dict:
     from zscir_infer.backends.ort import OrtSession
 
     say = progress or (lambda _msg: None)
-    bundle = load_bundle(bundle_dir)
     results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmp, Runtime(bundle_dir, threads=threads) as rt:
+        bundle, folder = rt.bundle, Path(tmp)
         for graph in GRAPHS:
             spec = bundle.graphs.get((graph, "fp32"))
             if spec is None:
@@ -118,14 +99,15 @@ def run_fusions(bundle_dir: Path, batches: Sequence[int] = DEFAULT_BATCHES, *, t
                         for name, path in (("plain", plain_path), ("fused", fused_path))}
             per_batch, cosine, sequence = {}, 1.0, {}
             for batch in batches:
-                feeds = feeds_for(bundle, graph, batch, folder / f"images-{batch}")
-                if "token_ids" in feeds:
-                    sequence[str(batch)] = int(feeds["token_ids"].shape[1])
+                feeds = feeds_for(rt, graph, batch, folder / f"images-{batch}")
+                if TOKEN_IDS in feeds:
+                    sequence[str(batch)] = int(feeds[TOKEN_IDS].shape[1])
                 outs = {name: next(iter(s.infer(feeds).values())) for name, s in sessions.items()}
                 cosine = min(cosine, _cosine_min(outs["plain"], outs["fused"]))
                 say(f"{graph}: plain vs fused at batch {batch}")
-                per_batch[str(batch)] = interleaved({name: (lambda s=s, f=feeds: s.infer(f))
-                                                     for name, s in sessions.items()}, batch, policy)
+                stats = measure_interleaved({name: (lambda s=s, f=feeds: s.infer(f)) for name, s in sessions.items()},
+                                            batch, policy)
+                per_batch[str(batch)] = {name: st.to_dict() for name, st in stats.items()}
             for s in sessions.values():
                 s.close()
             results[graph] = {"fused_ops": fused_ops, "min_cosine": cosine, "timings": per_batch,

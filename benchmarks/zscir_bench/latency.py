@@ -4,11 +4,7 @@ reference and the machine's matrix-multiply peak, all measured in one run.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import tempfile
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -16,7 +12,7 @@ from pathlib import Path
 from zscir_bench import machine, roofline, samples
 from zscir_bench.stages import STAGES, TORCH_TRIMMED, parse_backend
 from zscir_bench.timing import Policy
-from zscir_infer.atomic import atomic_write_json
+from zscir_bench.worker import run_worker
 from zscir_infer.bundle import load_bundle
 
 DEFAULT_BATCHES = (1, 8, 32, 128)
@@ -26,7 +22,6 @@ REFERENCE = "torch"
 LATENCY_POLICY = Policy(warmup=1, min_reps=5, min_seconds=2.0, max_reps=200)
 ROOFLINE_STAGES = ("image_encode", "query_encode", "text_encode")
 PROFILE_BATCH = 32  # where the operator profile is taken (the roofline's batch)
-ERROR_LINES = 5  # last stderr lines of a failed worker kept in the report
 
 
 def available_backends(bundle_dir: Path) -> tuple[list[str], dict[str, str]]:
@@ -107,24 +102,6 @@ def rooflines(backends: dict, flops: dict[str, int], peaks: dict) -> dict:
     return out
 
 
-def _run_worker(request: dict, folder: Path, say: Callable[[str], None]) -> tuple[dict | None, str]:
-    """(results, "") from a worker process for one backend, or (None, why it failed)."""
-    name = request["backend"]
-    request_file, result_file = folder / f"{name}.request.json", folder / f"{name}.result.json"
-    atomic_write_json(request_file, request)
-    command = [sys.executable, "-m", "zscir_bench.latency_worker", str(request_file), str(result_file)]
-    tail: deque[str] = deque(maxlen=ERROR_LINES)
-    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as worker:
-        for line in worker.stderr:
-            tail.append(line.rstrip())
-            if line.startswith(f"{name}: "):
-                say(line.rstrip())
-    if worker.returncode != 0 or not result_file.is_file():
-        crash = f" (signal {-worker.returncode})" if worker.returncode < 0 else f" (exit code {worker.returncode})"
-        return None, f"the measurement failed{crash}: " + " | ".join(tail)
-    return json.loads(result_file.read_text()), ""
-
-
 def run_latency(
     bundle_dir: Path,
     backends: Sequence[str] | None = None,
@@ -162,7 +139,8 @@ def run_latency(
                        "policy": asdict(policy), "gallery_size": gallery_size, "stages": list(stages),
                        "images": str(folder / "images"), "checkpoint": str(checkpoint) if checkpoint else None,
                        "weights": weights}
-            result, why = _run_worker(request, folder, say)
+            result, why = run_worker("zscir_bench.latency_worker", request, folder, name, say,
+                                     echo=lambda line, name=name: line.startswith(f"{name}: "))
             if result is None:
                 if name == REFERENCE:
                     raise RuntimeError(f"The PyTorch reference could not be measured: {why}")

@@ -7,7 +7,6 @@ crashes (a segfault in a provider) costs its own figures only. REQUEST and RESUL
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from zscir_bench import samples
 from zscir_bench.search_bench import clustered_vectors
 from zscir_bench.stages import TORCH_TRIMMED, RuntimeStages, TorchStages, parse_backend, run_stages
 from zscir_bench.timing import Policy
+from zscir_bench.worker import progress_to_stderr, serve
 
 
 def measure_backend(request: dict) -> dict:
@@ -42,10 +42,8 @@ def measure_backend(request: dict) -> dict:
         xb, _ = clustered_vectors(request["gallery_size"], load_bundle(bundle, verify=False).embed_dim)
         adapter = RuntimeStages(bundle, spec, xb, threads, max(batches))
 
-    def progress(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
-    results = run_stages(adapter, paths, texts, batches, Policy(**request["policy"]), request["stages"], progress)
+    results = run_stages(adapter, paths, texts, batches, Policy(**request["policy"]), request["stages"],
+                         progress_to_stderr)
     return {
         "spec": {"backend": spec.backend, "device": spec.device, "precision": spec.precision},
         "providers": adapter.providers,
@@ -55,13 +53,5 @@ def measure_backend(request: dict) -> dict:
     }
 
 
-def main(argv: list[str]) -> None:
-    request_file, result_file = (Path(a) for a in argv)
-    result = measure_backend(json.loads(request_file.read_text()))
-    from zscir_infer.atomic import atomic_write_json
-
-    atomic_write_json(result_file, result)
-
-
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    serve(sys.argv[1:], measure_backend)

@@ -30,21 +30,20 @@ the 1-minute load average.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
+from zscir_bench.machine import cpu_ticks
 from zscir_bench.timing import Policy, measure
+from zscir_bench.worker import progress_to_stderr, run_worker, serve
 
 IDLE = "idle"
 LOAD_CODE = {
@@ -155,12 +154,8 @@ class BackgroundLoad:
 # --- CPU accounting --------------------------------------------------------------------------------------
 def _ticks(pid: int | str) -> int | None:
     """utime + stime of a process, all its threads (clock ticks); None when it is gone or off Linux."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    return int(fields[11]) + int(fields[12])
+    found = cpu_ticks(str(pid))
+    return None if found is None else found[1]
 
 
 def _system_busy_ticks() -> int | None:
@@ -368,37 +363,7 @@ def measure_worker(request: dict, say: Callable[[str], None] = lambda _: None) -
     return {"setup_s": setup_s, "info": info, "figures": figures}
 
 
-def main(argv: list[str]) -> None:
-    from zscir_infer.atomic import atomic_write_json
-
-    request_file, result_file = (Path(a) for a in argv)
-    result = measure_worker(json.loads(request_file.read_text()), lambda m: print(m, file=sys.stderr, flush=True))
-    atomic_write_json(result_file, result)
-
-
 # --- the run ---------------------------------------------------------------------------------------------
-def _run_worker(request: dict, folder: Path, name: str, say: Callable[[str], None]) -> tuple[dict | None, str]:
-    from zscir_infer.atomic import atomic_write_json
-
-    request_file, result_file = folder / f"{name}.request.json", folder / f"{name}.result.json"
-    atomic_write_json(request_file, request)
-    command = [sys.executable, "-m", "zscir_bench.load", str(request_file), str(result_file)]
-    tail: deque[str] = deque(maxlen=ERROR_LINES)
-    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=config_env(request["config"])) as worker:
-        timer = threading.Timer(WORKER_TIMEOUT_S, worker.kill)  # its load processes stop with it
-        timer.start()
-        try:
-            for line in worker.stderr:
-                tail.append(line.rstrip())
-                say(line.rstrip())
-            code = worker.wait()
-        finally:
-            timer.cancel()
-    if code != 0 or not result_file.is_file():
-        return None, f"worker exited with code {code}: " + " | ".join(tail)
-    return json.loads(result_file.read_text()), ""
-
-
 def run_load(cores: int, bundles: dict[str, Path], loads: Sequence[str] = LOADS, rounds: int = ROUNDS,
              train_policy: Policy = TRAIN_POLICY, encode_policy: Policy = ENCODE_POLICY, work: Path | None = None,
              train_model: str = TRAIN_MODEL, train_batch: int = TRAIN_BATCH, train: bool = True,
@@ -423,7 +388,8 @@ def run_load(cores: int, bundles: dict[str, Path], loads: Sequence[str] = LOADS,
                        "train_batch": train_batch, "bundle": str(bundles[bundle]) if bundle else None}
             progress(f"[{index + 1}/{len(jobs)}] {config['workload']} {bundle or train_model}: {config['name']}")
             t0 = time.perf_counter()
-            result, error = _run_worker(request, Path(tmp), f"job{index}", progress)
+            result, error = run_worker("zscir_bench.load", request, Path(tmp), f"job{index}", progress,
+                                       env=config_env(config), timeout_s=WORKER_TIMEOUT_S)
             runs.append({"config": config, "bundle": bundle, "wall_s": time.perf_counter() - t0, "error": error,
                          **(result or {"setup_s": None, "info": {}, "figures": []})})
     defaults = shipped_defaults(cores)
@@ -594,16 +560,5 @@ def load_plot(report: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
-def write_load_report(report: dict, out: Path) -> list[Path]:
-    from zscir_infer.atomic import atomic_write_json, atomic_write_text
-
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "load.json", out / "load.md"]
-    atomic_write_json(paths[0], report)
-    atomic_write_text(paths[1], load_md(json.loads(json.dumps(report))))
-    paths.append(load_plot(json.loads(json.dumps(report)), out / "load.png"))
-    return paths
-
-
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    serve(sys.argv[1:], lambda request: measure_worker(request, progress_to_stderr))

@@ -94,7 +94,8 @@ def _command(pid: str, name: str) -> str:
     return " ".join(words)[:COMMAND_CHARS] or name
 
 
-def _cpu_ticks(pid: str) -> tuple[str, int] | None:
+def cpu_ticks(pid: str) -> tuple[str, int] | None:
+    """(name, utime + stime in clock ticks, all threads) of a process ("self": this one); None when gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -111,12 +112,12 @@ def busy_processes(interval_s: float = BUSY_SAMPLE_S) -> list[dict]:
         return []
     ours = {str(os.getpid())}
     pids = [p.name for p in proc.iterdir() if p.name.isdigit() and p.name not in ours]
-    before = {pid: t for pid in pids if (t := _cpu_ticks(pid))}
+    before = {pid: t for pid in pids if (t := cpu_ticks(pid))}
     time.sleep(interval_s)
     hz = os.sysconf("SC_CLK_TCK")
     busy = []
     for pid, (name, ticks) in before.items():
-        after = _cpu_ticks(pid)
+        after = cpu_ticks(pid)
         if after is None:
             continue
         percent = 100.0 * (after[1] - ticks) / hz / interval_s

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from zscir_bench import plots
+from zscir_bench import load, plots
 from zscir_infer.atomic import atomic_write_json, atomic_write_text
 
 TARGET_E2E_RATIO = 0.45  # ORT fp32 composed-query p50 end to end at batch 1 <= 0.45x the PyTorch reference
@@ -410,12 +410,13 @@ def fusions_md(report: dict) -> str:
 
 MARKDOWN: dict[str, Callable[[dict], str]] = {
     "latency": latency_md, "search": search_md, "train_cost": train_cost_md, "accuracy": accuracy_md,
-    "cold_start": cold_start_md, "fusions": fusions_md,
+    "cold_start": cold_start_md, "fusions": fusions_md, "load": load.load_md,
 }
 PLOTS: dict[str, list[tuple[str, Callable]]] = {
     "latency": [("latency_vs_batch.png", plots.latency_vs_batch), ("stage_breakdown.png", plots.stage_breakdown)],
     "search": [("recall_vs_latency.png", plots.recall_vs_latency)],
     "train_cost": [("train_cost.png", plots.train_cost)],
+    "load": [("load.png", load.load_plot)],
 }
 
 

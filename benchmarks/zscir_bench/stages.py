@@ -137,7 +137,7 @@ class TorchStages:
         self.method = "phi" if reference.query_encoder is not None else "slerp"
         self.gallery = torch.from_numpy(xb)  # [G, D]
         self.trim = trim
-        self.spec = BackendSpec(TORCH_TRIMMED, "torch") if trim else BackendSpec("torch", "torch")
+        self.spec = parse_backend(TORCH_TRIMMED if trim else "torch")
         self.providers = {"all": [f"torch {torch.__version__} eager, {torch.get_num_threads()} threads"
                                   + (", ids trimmed after the last EOT" if trim else "")]}
 
@@ -161,9 +161,9 @@ class TorchStages:
         ids = self.ref.backbone.tokenizer(list(prompts))
         if not self.trim:
             return ids
-        from zscir_infer.contract import trimmed_sequence_length
+        from zscir_infer.contract import trimmed_ids
 
-        return ids[:, : trimmed_sequence_length(int(ids.argmax(dim=1).max()), ids.shape[1])].contiguous()
+        return trimmed_ids(ids).contiguous()
 
     def image_encode(self, pixels):
         with self.torch.inference_mode():

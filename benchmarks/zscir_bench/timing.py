@@ -51,13 +51,23 @@ def summarize(times_s: list[float], batch: int) -> LatencyStats:
 
 def measure(fn: Callable[[], object], batch: int, policy: Policy = Policy()) -> LatencyStats:
     """Call `fn` (which processes `batch` items) under `policy` and summarize its wall times."""
-    for _ in range(policy.warmup):
-        fn()
-    times: list[float] = []
-    while len(times) < policy.max_reps:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        if len(times) >= policy.min_reps and sum(times) >= policy.min_seconds:
+    return measure_interleaved({"": fn}, batch, policy)[""]
+
+
+def measure_interleaved(calls: dict[str, Callable[[], object]], batch: int,
+                        policy: Policy = Policy()) -> dict[str, LatencyStats]:
+    """Time several calls alternately, one of each per round, so that load changes hit them alike (A/B
+    comparisons in one process); each is warmed up first and the rounds stop when every call has its
+    `min_reps` calls and `min_seconds`, or at `max_reps` rounds."""
+    for fn in calls.values():
+        for _ in range(policy.warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(policy.max_reps):
+        for name, fn in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+        if all(len(t) >= policy.min_reps and sum(t) >= policy.min_seconds for t in times.values()):
             break
-    return summarize(times, batch)
+    return {name: summarize(t, batch) for name, t in times.items()}
