@@ -44,7 +44,6 @@ REFINE_K_FACTOR = 16  # the shortlist IVF-PQ hands to the exact re-ranking, in m
 ADD_CHUNK = 65_536  # vectors added per call, bounding the temporary copies
 GPU_MAX_K = 2048  # faiss's GPU indexes answer at most this many neighbours per query (and nprobe at most this)
 GPU_MAX_NPROBE = 2048
-FLAT_BLAS_MIN_QUERIES = 1  # batches from this size search a CPU flat index by exact_topk (see search)
 GEMV_MAX_QUERIES = 8  # below this many queries exact_topk scores one query at a time (matrix-vector products)
 
 
@@ -136,8 +135,8 @@ def _parts(index: faiss.Index) -> list[faiss.Index]:
 
 def _ivf_lists_of(index: faiss.Index) -> int:
     """The inverted lists of the index's IVF stage (CPU or GPU), 1 without one."""
-    lists = [p.nlist for p in _parts(index) if isinstance(p, faiss.IndexIVF)]
-    lists += [int(p.getNumLists()) for p in _parts(index) if hasattr(p, "getNumLists")]  # GpuIndexIVF*
+    lists = [p.nlist if isinstance(p, faiss.IndexIVF) else int(p.getNumLists())  # getNumLists: GpuIndexIVF*
+             for p in _parts(index) if isinstance(p, faiss.IndexIVF) or hasattr(p, "getNumLists")]
     return max(lists, default=1)
 
 
@@ -298,20 +297,15 @@ def flat_vectors(index: faiss.Index) -> np.ndarray | None:
 
 def search(index: faiss.Index, xq: np.ndarray, k: int, cpu_copy=None) -> tuple[np.ndarray, np.ndarray]:
     """index.search in one call for the whole batch, except that:
-    - a CPU flat index from FLAT_BLAS_MIN_QUERIES queries is searched by `exact_topk` (the same exact
-      results, one matrix product instead of faiss's per-query heaps);
+    - a CPU flat index is searched by `exact_topk` (the same exact results, one matrix product instead of
+      faiss's per-query heaps);
     - k above faiss's GPU limit searches a CPU copy of a GPU index (`cpu_copy()` gives it, e.g. cached by
       the caller) instead of failing inside faiss."""
     xq = np.ascontiguousarray(xq, dtype=np.float32)
     if k > GPU_MAX_K and on_gpu(index):
         index = cpu_copy() if cpu_copy is not None else to_cpu(index)
-    if xq.shape[0] >= FLAT_BLAS_MIN_QUERIES and 0 < k:
-        xb = flat_vectors(index)
-        if xb is not None:
-            D, I = exact_topk(xq, xb, k)
-            del xb  # the view must not outlive this call
-            return D, I
-    return index.search(xq, k)
+    xb = flat_vectors(index) if k > 0 else None
+    return exact_topk(xq, xb, k) if xb is not None else index.search(xq, k)
 
 
 def build_index(
@@ -406,9 +400,9 @@ def exact_topk(xq: np.ndarray, xb: np.ndarray, k: int, rows: np.ndarray | None =
 
     One BLAS matrix product per chunk of rows and a partial selection (`argpartition`): what a flat search
     amounts to. Over 10k x 512 on 2 AVX2 cores (ms, faiss IndexFlatIP search / this / torch matmul+topk):
-    batch 1 2.0/1.0/3.1, 8 9.4/4.3/7.4, 32 37/9.0/11.7, 128 126/23/23: faiss's per-query heaps do the
-    selection; OpenBLAS's GEMM is slow for 2-7 rows (3.9 ms at 2), so those take one GEMV per query. xb may be a memmap larger than
-    memory: only `chunk` rows are read at a time."""
+    batch 1 2.0/1.0/3.1, 8 6.3/3.6/6.3, 32 37/9.0/11.7, 128 126/23/23: faiss's per-query heaps do the
+    selection. OpenBLAS's GEMM is slow for 2-7 rows (3.9 ms at 2), so those take one GEMV per query. xb
+    may be a memmap larger than memory: only `chunk` rows are read at a time."""
     xq = np.ascontiguousarray(xq, dtype=np.float32)
     n = xb.shape[0] if rows is None else len(rows)
     D, I = no_results(xq.shape[0], k)
@@ -416,8 +410,8 @@ def exact_topk(xq: np.ndarray, xb: np.ndarray, k: int, rows: np.ndarray | None =
         ids = np.arange(lo, min(lo + chunk, n)) if rows is None else np.asarray(rows[lo : lo + chunk])
         block = xb[lo : lo + chunk] if rows is None else xb[ids]
         block = np.ascontiguousarray(block, dtype=np.float32)
-        if xq.shape[0] < GEMV_MAX_QUERIES:  # OpenBLAS's GEMM is slow for 2-7 rows; one GEMV per query is not
-            scores = np.stack([block @ q for q in xq]) if len(xq) else np.empty((0, len(block)), np.float32)
+        if 0 < len(xq) < GEMV_MAX_QUERIES:
+            scores = np.stack([block @ q for q in xq])
         else:
             scores = xq @ block.T  # [Q, C]
         if scores.shape[1] > k:

@@ -68,7 +68,7 @@ class FaissSqliteStore:
         """info: gallery.json's `index` section (changed in place; save_meta writes gallery.json);
         index_device: where the faiss index is built and searched (`zscir_infer.search.INDEX_DEVICES`)."""
         self.root, self.info, self.dim, self.writable = root, info, dim, writable
-        self.on_gpu = fsearch.resolve_index_device(index_device)
+        self.use_gpu = fsearch.resolve_index_device(index_device)
         self._save_meta = save_meta
         self._db = _connect(root / STORE)
         self._index: faiss.Index | None = None
@@ -215,7 +215,7 @@ class FaissSqliteStore:
             index = faiss.read_index(str(self.root / info["file"]))
             fsearch.add_vectors(index, xb, start=info["count"])
         else:
-            index = fsearch.build_index(xb, factory, info["params"], gpu=self.on_gpu) if self._count else None
+            index = fsearch.build_index(xb, factory, info["params"], gpu=self.use_gpu) if self._count else None
         name = None
         if index is not None:
             name = f"{INDEX_PREFIX}{self._count}-{secrets.token_hex(4)}{INDEX_SUFFIX}"
@@ -237,10 +237,10 @@ class FaissSqliteStore:
                 if index.ntotal != self._count or index.d != self.dim:
                     raise GalleryError(f"{info['file']} does not match {STORE}; run zscir-infer index --rebuild.")
                 params = {**fsearch.default_search_params(index), **info["params"]}
-                self._index = fsearch.to_gpu(index) if self.on_gpu else index
+                self._index = fsearch.to_gpu(index) if self.use_gpu else index
                 fsearch.set_search_params(self._index, params)
             else:
-                self._index = fsearch.build_index(self.features(), info["spec"], info["params"], gpu=self.on_gpu)
+                self._index = fsearch.build_index(self.features(), info["spec"], info["params"], gpu=self.use_gpu)
         return self._index
 
     def _cpu_index(self) -> faiss.Index:
