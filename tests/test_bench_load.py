@@ -14,11 +14,14 @@ from zscir_bench import load as ld
 from zscir_bench.cli import app
 from zscir_bench.machine import recorded
 from zscir_bench.report import write_report
-from zscir_bench.timing import QUICK_POLICY
+from zscir_bench.timing import QUICK_POLICY, Policy
 
 runner = CliRunner()
 GONE_WAIT_S = 5.0
 MIN_LOAD_CORES = 0.5  # two spinning processes over 1 s, on 2 cores shared with whatever else runs
+# CPU time is counted in clock ticks (10 ms): a window must last long enough for the load's share to show.
+# QUICK_POLICY's two calls of a tiny model last milliseconds, where a spinning load may count 0 ticks.
+METERED_POLICY = Policy(warmup=1, min_reps=2, min_seconds=0.5, max_reps=100_000)
 
 
 def _alive(pid: int) -> bool:
@@ -196,7 +199,7 @@ def test_the_report_has_a_table_per_workload_the_default_marked_and_a_plot(tmp_p
 
 def test_an_encoding_worker_measures_idle_then_loaded_in_its_own_process(tiny_bundle, tmp_path):
     config = ld.encoding_configs(2)[0]
-    report = ld.run_load(2, {"tiny": tiny_bundle}, loads=["python"], rounds=1, encode_policy=QUICK_POLICY,
+    report = ld.run_load(2, {"tiny": tiny_bundle}, loads=["python"], rounds=1, encode_policy=METERED_POLICY,
                          work=tmp_path, train=False, configs=[config])
     (run,) = report["runs"]
     assert run["error"] == "" and run["info"]["allow_spinning"] == "0" and run["info"]["intra_op_threads"] == 2
