@@ -4,6 +4,7 @@ Runtime, its TensorRT accelerator, TensorRT plans), the Python models and the en
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import onnx
 import pytest
@@ -311,6 +312,20 @@ def test_repository_errors(tiny_bundle, tiny_slerp_bundle, tmp_path):
     with pytest.raises(TritonError, match="sha256"):
         write_triton_repository(damaged, tmp_path / "c", TritonOptions())
     assert not (tmp_path / "c").exists()
+
+
+def test_a_sum_bundle_whose_encoder_normalizes_is_refused_as_the_runtime_refuses_it(tiny_slerp_bundle, tmp_path):
+    bundle = Path(shutil.copytree(tiny_slerp_bundle, tmp_path / "sum"))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["method"] = "sum"
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    write_triton_repository(bundle, tmp_path / "raw", TritonOptions())
+    assert json.loads((tmp_path / "raw" / "compose" / "1" / "zscir.json").read_text())["method"] == "sum"
+    manifest["graphs"]["image_encoder"]["fp32"]["normalized_output"] = True
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(TritonError, match="image_encoder .*normalized features.*method 'sum'"):
+        write_triton_repository(bundle, tmp_path / "normalized", TritonOptions())
+    assert not (tmp_path / "normalized").exists()
 
 
 def test_the_cli_passes_the_triton_options(tmp_path):

@@ -46,6 +46,7 @@ from zscir_infer.contract import (
     PRECISIONS,
     QUERY_ENCODER,
     SLERP,
+    TEXT_ENCODER,
     TEXT_TOWER_KEY,
     PreprocessConfig,
     manifest_schema_path,
@@ -274,6 +275,18 @@ class Bundle:
         if self.has_phi:
             return PHI
         return self.method if self.method in ENCODER_METHODS else SLERP
+
+    def check_raw_features(self) -> None:
+        """Method `sum` adds raw features: refuse a bundle whose image or text graph says it normalizes its
+        output (manifest `normalized_output`). The runtime and the Triton ensemble writer both ask here."""
+        for graph in (IMAGE_ENCODER, TEXT_ENCODER):
+            normalized = [p for p, entry in self.manifest["graphs"].get(graph, {}).items()
+                          if entry.get("normalized_output")]
+            if normalized:
+                raise BundleError(
+                    f"Bundle {self.path}: its {graph} ({', '.join(normalized)}) outputs normalized features, "
+                    "but method 'sum' adds the raw (unnormalized) image and text features; re-export the bundle "
+                    "with this zscir, or use method 'average'.")
 
     @property
     def bundle_id(self) -> str:

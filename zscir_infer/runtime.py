@@ -379,7 +379,7 @@ class Runtime:
         if alpha is not None and not 0.0 <= alpha <= 1.0:
             raise InputError(f"alpha is the text weight of slerp and must be in [0, 1], got {alpha}.")
         if method == SUM:
-            self.check_raw_features()
+            self.bundle.check_raw_features()
 
     def compose(self, method: str, v_img: np.ndarray | None, v_txt: np.ndarray | None,
                 alpha: float | None = None) -> np.ndarray:
@@ -397,17 +397,6 @@ class Runtime:
         if method == SLERP:
             return slerp(v_img, v_txt, self.bundle.slerp_alpha if alpha is None else alpha)
         raise InputError(f"Method {method!r} is not a training-free method (phi runs the query encoder).")
-
-    def check_raw_features(self) -> None:
-        """`sum` adds raw features: refuse a bundle whose image or text graph says it normalizes its output."""
-        graphs = self.bundle.manifest["graphs"]
-        for graph in (IMAGE_ENCODER, TEXT_ENCODER):
-            normalized = [p for p, entry in graphs.get(graph, {}).items() if entry.get("normalized_output")]
-            if normalized:
-                raise BundleError(
-                    f"Bundle {self.bundle.path}: its {graph} ({', '.join(normalized)}) outputs normalized features, "
-                    "but method 'sum' adds the raw (unnormalized) image and text features; re-export the bundle "
-                    "with this zscir, or use method 'average'.")
 
     def _encode_phi(self, images: list, texts: list[str], template: str | None) -> np.ndarray:
         template = self.template(template)

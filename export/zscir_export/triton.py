@@ -440,15 +440,6 @@ def _write_tokenizer(repo: Repository, bundle: Bundle, name: str, graph: str, te
     _copy(bundle, bundle.manifest["tokenizer"], version_dir / TOKENIZER_FILE)
 
 
-def _check_raw_features(bundle: Bundle) -> None:
-    """`sum` adds raw features (as Runtime.check_raw_features): refuse graphs that say they normalize."""
-    for graph in (IMAGE_ENCODER, TEXT_ENCODER):
-        normalized = [p for p, e in bundle.manifest["graphs"].get(graph, {}).items() if e.get("normalized_output")]
-        if normalized:
-            raise TritonError(f"Bundle {bundle.path}: its {graph} ({', '.join(normalized)}) outputs normalized "
-                              "features, but method 'sum' adds raw ones; re-export the bundle with this zscir.")
-
-
 def _write_ensembles(repo: Repository, bundle: Bundle, options: TritonOptions) -> None:
     pixels = repo.graph_input(IMAGE_ENCODER, PIXELS)
     image_features = repo.output(IMAGE_ENCODER)
@@ -486,7 +477,10 @@ def _write_ensembles(repo: Repository, bundle: Bundle, options: TritonOptions) -
                       {repo.output(QUERY_ENCODER).name: QUERY_OUT})]
     elif method in COMPOSE_METHODS:
         if method == SUM:
-            _check_raw_features(bundle)
+            try:
+                bundle.check_raw_features()
+            except BundleError as exc:
+                raise TritonError(str(exc)) from exc
         _write_python(repo, COMPOSE, options, [Tensor(COMPOSE_IMAGE_IN, "TYPE_FP32", unit),
                                                Tensor(COMPOSE_TEXT_IN, "TYPE_FP32", unit)],
                       [Tensor(COMPOSE_OUT, "TYPE_FP32", unit)],
