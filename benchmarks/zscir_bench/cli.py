@@ -348,8 +348,7 @@ def load_bench(
     if unknown or not kinds:
         raise UsageError(f"--loads {loads!r}: use one or more of {', '.join(ld.LOADS)}.")
     bundles = {}
-    for name in str_list(models):
-        console.print(f"Exporting {name} (lincir, random weights) into {work} (reused when present)...")
+    for name in str_list(models):  # _bundle says what it exports
         bundles[name], _, _ = _bundle(None, name, "lincir", work, None, None)
     cores = default_threads()
     policies = (QUICK_POLICY, QUICK_POLICY) if quick else (ld.TRAIN_POLICY, ld.ENCODE_POLICY)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from zscir_bench import samples
+from zscir_bench.static_int8 import cosines
 from zscir_bench.timing import Policy, measure_interleaved
 from zscir_infer.contract import (
     IMAGE_ENCODER,
@@ -74,11 +75,6 @@ def feeds_for(rt: Runtime, graph: str, batch: int, folder: Path) -> dict[str, np
     return {IMAGE_FEATURES: features, TOKEN_IDS: ids}
 
 
-def _cosine_min(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
-
-
 def run_fusions(bundle_dir: Path, batches: Sequence[int] = DEFAULT_BATCHES, *, threads: int,
                 policy: Policy = FUSIONS_POLICY, progress: Callable[[str], None] | None = None) -> dict:
     from zscir_infer.backends.ort import OrtSession
@@ -103,7 +99,7 @@ def run_fusions(bundle_dir: Path, batches: Sequence[int] = DEFAULT_BATCHES, *, t
                 if TOKEN_IDS in feeds:
                     sequence[str(batch)] = int(feeds[TOKEN_IDS].shape[1])
                 outs = {name: next(iter(s.infer(feeds).values())) for name, s in sessions.items()}
-                cosine = min(cosine, _cosine_min(outs["plain"], outs["fused"]))
+                cosine = min(cosine, float(cosines(outs["plain"], outs["fused"]).min()))
                 say(f"{graph}: plain vs fused at batch {batch}")
                 stats = measure_interleaved({name: (lambda s=s, f=feeds: s.infer(f)) for name, s in sessions.items()},
                                             batch, policy)

@@ -58,7 +58,8 @@ def _session(path: Path, threads: int):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosines of a and b [N, D], in float64."""
     a, b = a.astype(np.float64), b.astype(np.float64)
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
@@ -82,6 +83,6 @@ def compare_int8(bundle_dir: Path, batches: Sequence[int], threads: int, policy:
             timings[name] = {str(b): measure(lambda s=session, x=pixels[:b]: s.run(None, {PIXELS: x}), b,
                                              policy).to_dict() for b in batches}
             del session
-    cosine = {name: float(_cosines(f, features["ort-fp32"]).min()) for name, f in features.items() if name != "ort-fp32"}
+    cosine = {name: float(cosines(f, features["ort-fp32"]).min()) for name, f in features.items() if name != "ort-fp32"}
     return {"calibration": f"{CALIBRATION_IMAGES} photos, MinMax, per-channel int8 weights, uint8 activations (QDQ)",
             "timings": timings, "min_cosine_to_fp32": cosine}
